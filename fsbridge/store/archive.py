@@ -1,0 +1,313 @@
+"""Reading an image archive (docker-archive or oci-archive; plain, or gzip/zstd-compressed as a
+whole) in one sequential pass, because an upload body cannot seek and tar members come in any
+order (docker-archive may put manifest.json last).
+
+Every regular member streams into the load's staging area as it comes, hashed while written;
+compressed members (gzip/zstd layers) are also decompressed on the fly, bounded, to learn their
+uncompressed digest (the ``diff_id``). Nothing is interpreted here: the result maps member names
+to staged blobs, and ``images.py`` reads the manifests from it once the whole archive is in.
+
+Refused with ArchiveError: names that leave the archive (absolute, ``..``), links to anything but
+a regular member inside the archive, devices/fifos/sparse files, a member given twice with
+different content, a member named after a digest its bytes do not have, corrupt or truncated
+data, and anything past the Limits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fsbridge.errors import ArchiveError
+from fsbridge.store.compression import (
+    GZIP,
+    SNIFF_BYTES,
+    ZSTD,
+    ObservedReader,
+    PrefixedReader,
+    Reader,
+    decompressing,
+    read_exactly,
+    sniff,
+)
+from fsbridge.store.layout import Staging, store_failure
+from fsbridge.store.limits import Limits
+
+CHUNK = 1024 * 1024
+
+#: members whose name states their sha256: OCI blobs, and podman's docker-archive layers/configs
+_DIGEST_NAMED = re.compile(r"(?:.*/)?blobs/sha256/(?P<a>[0-9a-f]{64})|(?P<b>[0-9a-f]{64})\.(?:tar|json)")
+
+
+@dataclass(frozen=True)
+class StagedBlob:
+    """A regular member's bytes, staged: digest and size as stored; for a compressed member the
+    compression and the digest/size of its uncompressed content (diff_id), else the same."""
+
+    digest: str
+    size: int
+    compression: str | None
+    diff_id: str
+    uncompressed_size: int
+    path: Path
+
+
+@dataclass
+class StagedArchive:
+    """What one pass over an archive left in staging."""
+
+    staging: Staging
+    members: dict[str, StagedBlob] = field(default_factory=dict)
+    #: the whole-archive compression, if any
+    compression: str | None = None
+    #: bytes read from the source (compressed, as given)
+    source_bytes: int = 0
+
+    def get(self, name: str) -> StagedBlob | None:
+        return self.members.get(normalize_member_name(name))
+
+
+def normalize_member_name(name: str) -> str:
+    """``./a//b/`` -> ``a/b``; "" for the archive root."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    return "/".join(parts)
+
+
+def _safe_name(raw: str, limits: Limits, what: str) -> str:
+    if len(raw.encode("utf-8", "surrogateescape")) > limits.max_name_bytes:
+        raise ArchiveError(f"{what} has a name longer than {limits.max_name_bytes} bytes")
+    if "\x00" in raw:
+        raise ArchiveError(f"{what} has a NUL byte in its name")
+    if raw.startswith("/"):
+        raise ArchiveError(f"archive entry {raw!r} has an absolute name, pointing outside the archive")
+    name = normalize_member_name(raw)
+    if ".." in name.split("/"):
+        raise ArchiveError(f"archive entry {raw!r} climbs out of the archive with '..'")
+    return name
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads pax headers and GNU long names into memory whole; cap them first, and refuse
+    sparse members (never found in image archives)."""
+
+    limits: Limits = Limits()
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
+                         tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+            if self.size > self.limits.max_header_bytes:
+                raise ArchiveError(
+                    f"the archive has an extended tar header of {self.size} bytes "
+                    f"(more than {self.limits.max_header_bytes}); refusing it"
+                )
+        elif self.type == tarfile.GNUTYPE_SPARSE:
+            raise ArchiveError(f"archive entry {self.name!r} is a sparse file, which image archives never hold")
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
+
+
+def read_archive(
+    source: Reader,
+    staging: Staging,
+    limits: Limits,
+    progress: Callable[[int], None] | None = None,
+) -> StagedArchive:
+    """Stage every member of the archive read from ``source`` (read to its very end)."""
+    raw = ObservedReader(source, _progress_observer(progress) if progress else None)
+    head = read_exactly(raw, SNIFF_BYTES)
+    if not head:
+        raise ArchiveError("the archive is empty")
+    kind = sniff(head)
+    result = StagedArchive(staging, compression=kind)
+    stream: Reader
+    if kind is None:
+        stream = PrefixedReader(head, raw)
+    elif kind in (GZIP, ZSTD):
+        stream = decompressing(
+            kind, raw, prefix=head, limits=limits, max_bytes=limits.max_archive_bytes, what="the archive"
+        )
+    else:
+        raise ArchiveError(f"the archive is {kind}-compressed; fsbridge reads plain, gzip or zstd archives")
+
+    _read_tar(stream, result, limits)
+    # Read to the very end: compressed streams check their trailers there, and a caller hashing
+    # the source (identity) must see every byte.
+    while stream.read(CHUNK):
+        pass
+    while raw.read(CHUNK):
+        pass
+    result.source_bytes = raw.count
+    return result
+
+
+def _progress_observer(progress: Callable[[int], None]) -> Callable[[bytes], None]:
+    total = 0
+
+    def observe(chunk: bytes) -> None:
+        nonlocal total
+        total += len(chunk)
+        progress(total)
+
+    return observe
+
+
+def _read_tar(stream: Reader, result: StagedArchive, limits: Limits) -> None:
+    tarinfo = type("BoundedTarInfo", (_BoundedTarInfo,), {"limits": limits})
+    links: dict[str, tuple[str, str]] = {}  # name -> (target, "symlink"|"hard link")
+    directories: set[str] = set()
+    count = 0
+    try:
+        archive = tarfile.open(fileobj=stream, mode="r|", tarinfo=tarinfo)  # type: ignore[call-overload]
+        with archive:
+            while (member := archive.next()) is not None:
+                count += 1
+                if count > limits.max_members:
+                    raise ArchiveError(f"the archive has more than {limits.max_members} entries; refusing it")
+                archive.members.clear()  # tarfile keeps every header otherwise
+                name = _safe_name(member.name, limits, f"archive entry {member.name!r}")
+                if member.isdir():
+                    if name in result.members or name in links:
+                        raise ArchiveError(f"archive entry {name!r} is both a folder and a file")
+                    directories.add(name)
+                elif member.isreg():
+                    if not name:
+                        raise ArchiveError("the archive has a file entry without a name")
+                    if name in directories or name in links:
+                        raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
+                    fileobj = archive.extractfile(member)
+                    assert fileobj is not None
+                    blob = _stage_member(fileobj, member.size, name, result.staging, limits)
+                    previous = result.members.get(name)
+                    if previous is not None and previous.digest != blob.digest:
+                        raise ArchiveError(f"archive entry {name!r} appears twice with different content")
+                    result.members[name] = blob
+                elif member.issym() or member.islnk():
+                    kind = "symlink" if member.issym() else "hard link"
+                    target = _link_target(name, member, limits)
+                    if name in result.members or name in directories or links.get(name, (target, kind)) != (target, kind):
+                        raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
+                    links[name] = (target, kind)
+                else:
+                    raise ArchiveError(
+                        f"archive entry {name!r} is a device, fifo or other special file; image archives hold none"
+                    )
+    except tarfile.TarError as exc:
+        raise ArchiveError(f"the archive is not a readable tar file ({exc})") from None
+    if count == 0:
+        raise ArchiveError("the archive holds no entries")
+    _resolve_links(links, result, limits)
+
+
+def _link_target(name: str, member: tarfile.TarInfo, limits: Limits) -> str:
+    raw = member.linkname
+    what = f"{'symlink' if member.issym() else 'hard link'} {name!r} -> {raw!r}"
+    if len(raw.encode("utf-8", "surrogateescape")) > limits.max_name_bytes or "\x00" in raw or not raw:
+        raise ArchiveError(f"{what} has an unusable target")
+    if raw.startswith("/"):
+        raise ArchiveError(f"{what} points outside the archive (absolute target)")
+    if member.issym():
+        joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), raw))
+    else:
+        joined = posixpath.normpath(raw)  # hard link targets are archive paths
+    if joined == ".." or joined.startswith("../") or joined.startswith("/"):
+        raise ArchiveError(f"{what} points outside the archive")
+    return normalize_member_name(joined)
+
+
+def _resolve_links(links: dict[str, tuple[str, str]], result: StagedArchive, limits: Limits) -> None:
+    """Make each link an alias of the regular member it reaches (podman links duplicate layers)."""
+    for name, (target, kind) in links.items():
+        seen = target
+        for _ in range(limits.max_link_hops):
+            if seen in result.members:
+                result.members[name] = result.members[seen]
+                break
+            if seen not in links:
+                raise ArchiveError(
+                    f"{kind} {name!r} points to {target!r}, which is not a regular file in the archive"
+                )
+            seen = links[seen][0]
+        else:
+            raise ArchiveError(f"{kind} {name!r} goes through more than {limits.max_link_hops} links")
+
+
+def _declared_digest(name: str) -> str | None:
+    match = _DIGEST_NAMED.fullmatch(name)
+    if match is None:
+        return None
+    return match.group("a") or match.group("b")
+
+
+def _stage_member(fileobj: Reader, size: int, name: str, staging: Staging, limits: Limits) -> StagedBlob:
+    """Copy one member into staging, hashing it (and its decompressed content) on the way.
+
+    A member named after its digest whose blob is already staged or stored is only hashed, not
+    written again; its bytes must still hash to that name."""
+    declared = _declared_digest(name)
+    existing = staging.locate(declared) if declared else None
+    digest = hashlib.sha256()
+    sink = None
+    temp: Path | None = None
+    if existing is None:
+        sink, temp = staging.temp_file()
+
+    def observe(chunk: bytes) -> None:
+        digest.update(chunk)
+        if sink is not None:
+            try:
+                sink.write(chunk)
+            except OSError as exc:
+                raise store_failure("write a staging file", exc) from None
+
+    what = f"archive entry {name!r}"
+    try:
+        member = ObservedReader(fileobj, observe)
+        head = read_exactly(member, SNIFF_BYTES)
+        kind = sniff(head)
+        if kind in (GZIP, ZSTD):
+            content = hashlib.sha256()
+            reader = decompressing(
+                kind, member, prefix=head, limits=limits, max_bytes=limits.max_layer_bytes, what=what
+            )
+            while chunk := reader.read(CHUNK):
+                content.update(chunk)
+            uncompressed_size = reader.count
+        else:
+            kind = None
+        while member.read(CHUNK):
+            pass
+        if member.count != size:
+            raise ArchiveError(f"{what} is truncated ({member.count} of {size} bytes)")
+        if sink is not None:
+            try:
+                sink.close()
+            except OSError as exc:
+                raise store_failure("write a staging file", exc) from None
+    except BaseException:
+        if sink is not None:
+            with contextlib.suppress(OSError):
+                sink.close()
+            if temp is not None:
+                temp.unlink(missing_ok=True)
+        raise
+    hex_digest = digest.hexdigest()
+    if declared is not None and declared != hex_digest:
+        if temp is not None:
+            temp.unlink(missing_ok=True)
+        raise ArchiveError(f"{what} is named after sha256:{declared} but its content hashes to sha256:{hex_digest}")
+    if temp is not None:
+        path = staging.adopt(temp, hex_digest)
+    else:
+        assert existing is not None
+        path = existing
+    if kind is None:
+        return StagedBlob("sha256:" + hex_digest, size, None, "sha256:" + hex_digest, size, path)
+    return StagedBlob(
+        "sha256:" + hex_digest, size, kind, "sha256:" + content.hexdigest(), uncompressed_size, path
+    )

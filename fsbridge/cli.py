@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 from typing import Any, Callable
@@ -343,6 +344,197 @@ def emulate_command(source: str, mountpoint: str, profile: str | None, latency_u
         return
     configure_logging(debug)
     mount_emulator(os.path.abspath(source), path, model, threads=threads)
+
+
+# --- the API: serve (in the VM), load / images / rmi (on the host) ------------------------------------------
+
+
+def _url_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--token-file", metavar="FILE", envvar="FSBRIDGE_TOKEN_FILE",
+                      help="Bearer token for a TCP server [env FSBRIDGE_TOKEN_FILE].")(fn)
+    fn = click.option("--url", metavar="URL", envvar="FSBRIDGE_URL",
+                      help="unix:/path/to.sock or http://HOST:PORT [env FSBRIDGE_URL; default: the local "
+                           "server's socket].")(fn)
+    return fn
+
+
+class _Bar:
+    """A click progress bar on stderr (shown only on a terminal), used as progress(label, total)."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self._bar = None
+        if sys.stderr.isatty():
+            self._bar = click.progressbar(length=total, label=label, file=sys.stderr, show_eta=True,
+                                          show_percent=True)
+
+    def __enter__(self) -> "_Bar":
+        if self._bar is not None:
+            self._bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+    def update(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+
+@cli.command("serve")
+@click.option("--listen", metavar="ADDR", help="unix:PATH (default: /run/fsbridge/fsbridge.sock for root) or "
+                                               "tcp:HOST:PORT (needs --token-file).")
+@click.option("--store", metavar="DIR", default="/var/lib/fsbridge/store", show_default=True,
+              help="The image store (an OCI image layout) for --backend builtin; podman stages uploads here.")
+@click.option("--backend", type=click.Choice(["builtin", "podman"]), default="builtin", show_default=True,
+              help="Where images land: the embedded store, or the VM's podman (FSBRIDGE_PODMAN sets its command).")
+@mapping_options
+@click.option("--mount", "mountpoint", metavar="MOUNTPOINT", callback=_absolute_vm_path,
+              help="Read path references through the fsbridge mount at MOUNTPOINT (cached) instead of the raw share.")
+@click.option("--token-file", metavar="FILE", help="Bearer token file (0600) for TCP; created if missing.")
+@click.option("--debug", is_flag=True, help="Log every request in detail.")
+@reports_errors
+def serve_command(listen: str | None, store: str, backend: str, maps: tuple[Any, ...], config: str | None,
+                  mountpoint: str | None, token_file: str | None, debug: bool) -> None:
+    """Serve the fsbridge API in the VM: load images by path reference, or by upload when the path fails.
+
+    A client sends the host path of an archive and its identity (size, mtime, xxh3-128); the server maps
+    it to the VM (through --map/--config, or the shares in /proc/self/mountinfo), refuses anything
+    outside an export, checks it is the same file while loading it, and otherwise answers 409 so that the
+    client uploads. Runs in the foreground; stop it with Ctrl-C.
+
+    \b
+    Examples:
+      fsbridge serve --map /Users=/Users --mount /mnt/host
+      fsbridge serve --listen tcp:0.0.0.0:7780 --token-file /etc/fsbridge/token
+      FSBRIDGE_PODMAN='podman --storage-driver vfs' fsbridge serve --backend podman
+    """
+    from fsbridge.fs.mount import configure_logging
+    from fsbridge.mapping import MappingTable
+    from fsbridge.server.app import Api
+    from fsbridge.server.backends import make_backend
+    from fsbridge.server.listen import parse_listen, read_token_file, serve
+
+    configure_logging(debug)
+    address = parse_listen(listen)
+    token = read_token_file(token_file, create=True) if token_file else None
+    table = MappingTable.load(maps, config)
+    api = Api(make_backend(backend, store=store), table, mount=mountpoint, token=token)
+
+    def ready(where: str) -> None:
+        click.echo(f"fsbridge {__version__} serving on {where} (backend {backend}, "
+                   f"{len(table.mappings)} mapped host folder(s))", err=True)
+
+    serve(api, address, ready=ready)
+
+
+def _print_images(images: list[dict[str, Any]]) -> None:
+    for image in images:
+        names = image.get("names") or []
+        for name in names:
+            click.echo(f"Loaded image: {name}")
+        if not names:
+            click.echo(f"Loaded image ID: {image['id']}")
+
+
+@cli.command("load")
+@click.argument("archive", type=click.Path(exists=True, dir_okay=False))
+@_url_options
+@click.option("--upload", "force_upload", is_flag=True, help="Skip the path reference: always upload the bytes.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object: via, images, why the path was refused.")
+@reports_errors
+def load_command(archive: str, url: str | None, token_file: str | None, force_upload: bool, as_json: bool) -> None:
+    """Load an image archive (docker-archive or oci-archive, plain, .gz or .zst) into the VM.
+
+    Sends the archive's path and identity first; the server reads it through the share it already has.
+    Only if the server cannot (not shared, not the same file, an older server) are the bytes uploaded.
+    Prints each loaded image, then "via path" or "via upload".
+
+    \b
+    Examples:
+      fsbridge load ~/images/app.tar
+      fsbridge load app.tar.gz --upload
+      fsbridge load app.tar --json | jq -r .via
+    """
+    from fsbridge.client import ApiClient, load_archive
+
+    with ApiClient(url, token_file=token_file) as client:
+        outcome = load_archive(client, archive, force_upload=force_upload,
+                               progress=None if as_json else _Bar)
+    if as_json:
+        click.echo(json.dumps(outcome.to_json(), indent=2))
+        return
+    _print_images(outcome.images)
+    if outcome.refused:
+        click.echo(f"path refused ({outcome.refused['reason']}): {outcome.refused['message']}", err=True)
+    click.echo(f"via {outcome.via}")
+
+
+@cli.command("images")
+@_url_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, names, ...}.")
+@reports_errors
+def images_command(url: str | None, token_file: str | None, as_json: bool) -> None:
+    """List the images the server holds.
+
+    \b
+    Example:
+      fsbridge images --json | jq -r '.[].names[]'
+    """
+    from fsbridge.client import ApiClient
+
+    with ApiClient(url, token_file=token_file) as client:
+        images = client.images()
+    if as_json:
+        click.echo(json.dumps(images, indent=2))
+        return
+    click.echo(f"{'IMAGE ID':<14} {'SIZE':>10}  NAMES")
+    for image in images:
+        size = image.get("size")
+        shown = f"{size / 1e6:.1f}MB" if isinstance(size, (int, float)) else "-"
+        names = ", ".join(image.get("names") or []) or "<none>"
+        click.echo(f"{image['id'].removeprefix('sha256:')[:12]:<14} {shown:>10}  {names}")
+
+
+@cli.command("rmi")
+@click.argument("refs", nargs=-1, required=True)
+@_url_options
+@reports_errors
+def rmi_command(refs: tuple[str, ...], url: str | None, token_file: str | None) -> None:
+    """Remove images from the server by name or id (blobs no other image uses are deleted).
+
+    \b
+    Example:
+      fsbridge rmi localhost/app:1
+    """
+    from fsbridge.client import ApiClient
+
+    with ApiClient(url, token_file=token_file) as client:
+        for ref in refs:
+            for image_id in client.remove(ref):
+                click.echo(f"Untagged and removed: {image_id}")
+
+
+@cli.command("check-store")
+@click.argument("store", type=click.Path(exists=True, file_okay=False))
+@reports_errors
+def check_store_command(store: str) -> None:
+    """Verify an image store: every blob's digest, and that the index names only complete images.
+
+    Exits 0 when healthy, 1 with one line per problem otherwise.
+
+    \b
+    Example:
+      fsbridge check-store /var/lib/fsbridge/store
+    """
+    from fsbridge.store import ImageStore
+
+    problems = ImageStore(store).check()
+    for problem in problems:
+        click.echo(problem, err=True)
+    if problems:
+        raise FsbridgeError(f"{len(problems)} problem(s) in {store}", reason="store-damaged")
+    click.echo(f"{store}: healthy")
 
 
 def main() -> None:

@@ -492,7 +492,8 @@ class BridgeTree:
         node = self.node(ino)
         if node.is_virtual:
             raise OSError(errno.EISDIR, "virtual folder")
-        flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC)) | os.O_NOFOLLOW | os.O_CLOEXEC
+        # O_TRUNC stays: with FUSE's atomic_o_trunc the kernel leaves the truncation to the open itself
+        flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW | os.O_CLOEXEC
         path = self.table.path(node)
 
         def run() -> tuple[int, os.stat_result]:

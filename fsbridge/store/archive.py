@@ -42,6 +42,9 @@ from fsbridge.store.limits import Limits
 
 CHUNK = 1024 * 1024
 
+#: members that are always JSON documents, refused as soon as their header shows them too large
+_DOCUMENTS = frozenset({"manifest.json", "index.json", "oci-layout", "repositories"})
+
 #: members whose name states their sha256: OCI blobs, and podman's docker-archive layers/configs
 _DIGEST_NAMED = re.compile(r"(?:.*/)?blobs/sha256/(?P<a>[0-9a-f]{64})|(?P<b>[0-9a-f]{64})\.(?:tar|json)")
 
@@ -119,7 +122,7 @@ def read_archive(
     progress: Callable[[int], None] | None = None,
 ) -> StagedArchive:
     """Stage every member of the archive read from ``source`` (read to its very end)."""
-    raw = ObservedReader(source, _progress_observer(progress) if progress else None)
+    raw = ObservedReader(source, _source_observer(limits, progress))
     head = read_exactly(raw, SNIFF_BYTES)
     if not head:
         raise ArchiveError("the archive is empty")
@@ -146,13 +149,17 @@ def read_archive(
     return result
 
 
-def _progress_observer(progress: Callable[[int], None]) -> Callable[[bytes], None]:
+def _source_observer(limits: Limits, progress: Callable[[int], None] | None) -> Callable[[bytes], None]:
+    """Counts the bytes as given (an upload may be endless), and reports progress."""
     total = 0
 
     def observe(chunk: bytes) -> None:
         nonlocal total
         total += len(chunk)
-        progress(total)
+        if total > limits.max_archive_bytes:
+            raise ArchiveError(f"the archive is larger than {limits.max_archive_bytes} bytes; refusing it")
+        if progress is not None:
+            progress(total)
 
     return observe
 
@@ -178,6 +185,10 @@ def _read_tar(stream: Reader, result: StagedArchive, limits: Limits) -> None:
                 elif member.isreg():
                     if not name:
                         raise ArchiveError("the archive has a file entry without a name")
+                    if name in _DOCUMENTS and member.size > limits.max_json_bytes:
+                        raise ArchiveError(
+                            f"{name} is {member.size} bytes; documents over {limits.max_json_bytes} bytes are refused"
+                        )
                     if name in directories or name in links:
                         raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
                     fileobj = archive.extractfile(member)
@@ -198,6 +209,8 @@ def _read_tar(stream: Reader, result: StagedArchive, limits: Limits) -> None:
                         f"archive entry {name!r} is a device, fifo or other special file; image archives hold none"
                     )
     except tarfile.TarError as exc:
+        if "unexpected end of data" in str(exc):
+            raise ArchiveError("the archive is truncated: it ends inside an entry") from None
         raise ArchiveError(f"the archive is not a readable tar file ({exc})") from None
     if count == 0:
         raise ArchiveError("the archive holds no entries")

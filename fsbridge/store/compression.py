@@ -168,12 +168,12 @@ class ZstdFrameChecker:
             elif 0x184D2A50 <= value <= 0x184D2A5F:
                 self._enter("skippable-size")
             else:
-                raise ArchiveError(f"{self._what}: unexpected bytes after the zstd data")
+                raise ArchiveError(f"{self._what}: the zstd data is corrupt (unexpected bytes after its last frame)")
         elif self._state == "skippable-size":
             self._skip_then(value, "magic")
         elif self._state == "descriptor":
             if value & 0x08:
-                raise ArchiveError(f"{self._what}: the zstd frame header is corrupt")
+                raise ArchiveError(f"{self._what}: the zstd data is corrupt (bad frame header)")
             single_segment = (value >> 5) & 1
             self._checksum = bool((value >> 2) & 1)
             content_size = (1 if single_segment else 0, 2, 4, 8)[value >> 6]

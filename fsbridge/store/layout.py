@@ -348,6 +348,7 @@ class Layout:
                 self._replace(self.layout_path, canonical_json({"imageLayoutVersion": OCI_LAYOUT_VERSION}))
             if not self.index_path.exists():
                 self._replace(self.index_path, canonical_json(empty_index()))
+            os.close(os.open(self.state / "gc.lock", os.O_RDWR | os.O_CREAT, 0o600))
             for entry in os.scandir(self.tmp):
                 if entry.name.startswith("index-"):  # only ever present inside index_lock
                     os.unlink(entry.path)

@@ -34,7 +34,7 @@ class Limits:
     ratio_floor: int = 256 * MiB
     #: one layer, uncompressed (only hashed, never stored uncompressed)
     max_layer_bytes: int = 64 * GiB
-    #: a whole gzip/zstd-compressed archive, uncompressed (its members are staged on disk)
+    #: an archive as read, and a whole gzip/zstd-compressed archive uncompressed (members are staged on disk)
     max_archive_bytes: int = 256 * GiB
     #: symbolic and hard links followed to reach a regular member
     max_link_hops: int = 8

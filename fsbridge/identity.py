@@ -40,7 +40,7 @@ class Identity:
     def from_json(cls, value: Any) -> Identity:
         """Parse the wire form; ValueError with a sentence saying what is wrong."""
         if not isinstance(value, dict):
-            raise ValueError("an identity must be a JSON object with size, mtime_ns and xxh3_128")
+            raise ValueError("an identity must be a JSON object with size, mtime_ns and xxh3_128")  # noqa: TRY004
         missing = [key for key in _KEYS if key not in value]
         if missing:
             raise ValueError(f"the identity lacks {', '.join(missing)}")
@@ -51,7 +51,7 @@ class Identity:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise ValueError("the identity's size must be a non-negative integer")
         if not isinstance(mtime_ns, int) or isinstance(mtime_ns, bool):
-            raise ValueError("the identity's mtime_ns must be an integer (nanoseconds since the epoch)")
+            raise ValueError("the identity's mtime_ns must be an integer (nanoseconds since the epoch)")  # noqa: TRY004
         if not isinstance(digest, str) or not _HEX32.fullmatch(digest):
             raise ValueError("the identity's xxh3_128 must be 32 lower-case hexadecimal digits")
         return cls(size, mtime_ns, digest)
@@ -80,7 +80,8 @@ def compute_identity(
         after = os.fstat(handle.fileno())
     if (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns) or total != after.st_size:
         raise FsbridgeError(
-            f"{os.fspath(path)} changed while it was being hashed; try again once it is no longer being written",
+            f"{os.fspath(path)} changed while it was being hashed; "
+            "try again once it is no longer being written",
             reason="file-changed",
         )
     return Identity(size=total, mtime_ns=after.st_mtime_ns, xxh3_128=hasher.hexdigest())
@@ -127,6 +128,7 @@ class IdentityVerifier:
         actual = self.hexdigest()
         if actual != expected.xxh3_128:
             raise FsbridgeError(
-                f"the file read hashes to xxh3-128 {actual} where the client's identity says {expected.xxh3_128}",
+                f"the file read hashes to xxh3-128 {actual} "
+                f"where the client's identity says {expected.xxh3_128}",
                 reason="identity-mismatch",
             )

@@ -32,6 +32,7 @@ from fsbridge.store.compression import (
     ZSTD,
     ObservedReader,
     PrefixedReader,
+    RatioBudget,
     Reader,
     decompressing,
     read_exactly,
@@ -103,15 +104,22 @@ class _BoundedTarInfo(tarfile.TarInfo):
     limits: Limits = Limits()
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
-        if self.type in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE,
-                         tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE):
+        if self.type in (
+            tarfile.GNUTYPE_LONGNAME,
+            tarfile.GNUTYPE_LONGLINK,
+            tarfile.XHDTYPE,
+            tarfile.XGLTYPE,
+            tarfile.SOLARIS_XHDTYPE,
+        ):
             if self.size > self.limits.max_header_bytes:
                 raise ArchiveError(
                     f"the archive has an extended tar header of {self.size} bytes "
                     f"(more than {self.limits.max_header_bytes}); refusing it"
                 )
         elif self.type == tarfile.GNUTYPE_SPARSE:
-            raise ArchiveError(f"archive entry {self.name!r} is a sparse file, which image archives never hold")
+            raise ArchiveError(
+                f"archive entry {self.name!r} is a sparse file, which image archives never hold"
+            )
         return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
@@ -128,6 +136,7 @@ def read_archive(
         raise ArchiveError("the archive is empty")
     kind = sniff(head)
     result = StagedArchive(staging, compression=kind)
+    layers_budget = RatioBudget(limits, raw, "the archive's layers together")
     stream: Reader
     if kind is None:
         stream = PrefixedReader(head, raw)
@@ -138,7 +147,7 @@ def read_archive(
     else:
         raise ArchiveError(f"the archive is {kind}-compressed; fsbridge reads plain, gzip or zstd archives")
 
-    _read_tar(stream, result, limits)
+    _read_tar(stream, result, limits, layers_budget)
     # Read to the very end: compressed streams check their trailers there, and a caller hashing
     # the source (identity) must see every byte.
     while stream.read(CHUNK):
@@ -164,57 +173,83 @@ def _source_observer(limits: Limits, progress: Callable[[int], None] | None) -> 
     return observe
 
 
-def _read_tar(stream: Reader, result: StagedArchive, limits: Limits) -> None:
+def _read_tar(stream: Reader, result: StagedArchive, limits: Limits, budget: RatioBudget) -> None:
     tarinfo = type("BoundedTarInfo", (_BoundedTarInfo,), {"limits": limits})
-    links: dict[str, tuple[str, str]] = {}  # name -> (target, "symlink"|"hard link")
-    directories: set[str] = set()
-    count = 0
+    entries = _Entries(result, limits, budget)
     try:
-        archive = tarfile.open(fileobj=stream, mode="r|", tarinfo=tarinfo)  # type: ignore[call-overload]
-        with archive:
+        # 1 MiB reads: tarfile's default 10 KiB records cost a Python call per 10 KiB of a layer
+        with tarfile.open(fileobj=stream, mode="r|", tarinfo=tarinfo,  # type: ignore[call-overload]
+                          bufsize=CHUNK) as archive:
             while (member := archive.next()) is not None:
-                count += 1
-                if count > limits.max_members:
-                    raise ArchiveError(f"the archive has more than {limits.max_members} entries; refusing it")
                 archive.members.clear()  # tarfile keeps every header otherwise
-                name = _safe_name(member.name, limits, f"archive entry {member.name!r}")
-                if member.isdir():
-                    if name in result.members or name in links:
-                        raise ArchiveError(f"archive entry {name!r} is both a folder and a file")
-                    directories.add(name)
-                elif member.isreg():
-                    if not name:
-                        raise ArchiveError("the archive has a file entry without a name")
-                    if name in _DOCUMENTS and member.size > limits.max_json_bytes:
-                        raise ArchiveError(
-                            f"{name} is {member.size} bytes; documents over {limits.max_json_bytes} bytes are refused"
-                        )
-                    if name in directories or name in links:
-                        raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
-                    fileobj = archive.extractfile(member)
-                    assert fileobj is not None
-                    blob = _stage_member(fileobj, member.size, name, result.staging, limits)
-                    previous = result.members.get(name)
-                    if previous is not None and previous.digest != blob.digest:
-                        raise ArchiveError(f"archive entry {name!r} appears twice with different content")
-                    result.members[name] = blob
-                elif member.issym() or member.islnk():
-                    kind = "symlink" if member.issym() else "hard link"
-                    target = _link_target(name, member, limits)
-                    if name in result.members or name in directories or links.get(name, (target, kind)) != (target, kind):
-                        raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
-                    links[name] = (target, kind)
-                else:
-                    raise ArchiveError(
-                        f"archive entry {name!r} is a device, fifo or other special file; image archives hold none"
-                    )
+                entries.add(archive, member)
     except tarfile.TarError as exc:
         if "unexpected end of data" in str(exc):
             raise ArchiveError("the archive is truncated: it ends inside an entry") from None
         raise ArchiveError(f"the archive is not a readable tar file ({exc})") from None
-    if count == 0:
-        raise ArchiveError("the archive holds no entries")
-    _resolve_links(links, result, limits)
+    entries.finish()
+
+
+class _Entries:
+    """The entries seen so far: regular members go to staging as they come; links are recorded and
+    resolved once every member is known (a link may precede its target)."""
+
+    def __init__(self, result: StagedArchive, limits: Limits, budget: RatioBudget) -> None:
+        self.result = result
+        self.limits = limits
+        self.budget = budget
+        self.links: dict[str, tuple[str, str]] = {}  # name -> (target, "symlink" | "hard link")
+        self.directories: set[str] = set()
+        self.count = 0
+
+    def add(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        self.count += 1
+        if self.count > self.limits.max_members:
+            raise ArchiveError(f"the archive has more than {self.limits.max_members} entries; refusing it")
+        name = _safe_name(member.name, self.limits, f"archive entry {member.name!r}")
+        if getattr(member, "sparse", None) is not None:
+            # tarfile would make up the holes: a few bytes could claim terabytes of zeros
+            raise ArchiveError(f"archive entry {name!r} is a sparse file, which image archives never hold")
+        if member.isdir():
+            if name in self.result.members or name in self.links:
+                raise ArchiveError(f"archive entry {name!r} is both a folder and a file")
+            self.directories.add(name)
+        elif member.isreg():
+            self._regular(archive, member, name)
+        elif member.issym() or member.islnk():
+            kind = "symlink" if member.issym() else "hard link"
+            target = _link_target(name, member, self.limits)
+            if name in self.result.members or name in self.directories:
+                raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
+            if self.links.setdefault(name, (target, kind)) != (target, kind):
+                raise ArchiveError(f"archive entry {name!r} appears twice, pointing to different places")
+        else:
+            raise ArchiveError(
+                f"archive entry {name!r} is a device, fifo or other special file; image archives hold none"
+            )
+
+    def _regular(self, archive: tarfile.TarFile, member: tarfile.TarInfo, name: str) -> None:
+        if not name:
+            raise ArchiveError("the archive has a file entry without a name")
+        if name in _DOCUMENTS and member.size > self.limits.max_json_bytes:
+            raise ArchiveError(
+                f"{name} is {member.size} bytes; "
+                f"documents over {self.limits.max_json_bytes} bytes are refused"
+            )
+        if name in self.directories or name in self.links:
+            raise ArchiveError(f"archive entry {name!r} appears twice, as different kinds")
+        fileobj = archive.extractfile(member)
+        if fileobj is None:
+            raise ArchiveError(f"archive entry {name!r} cannot be read")
+        blob = _stage_member(fileobj, member.size, name, self.result.staging, self.limits, self.budget)
+        previous = self.result.members.setdefault(name, blob)
+        if previous.digest != blob.digest:
+            raise ArchiveError(f"archive entry {name!r} appears twice with different content")
+
+    def finish(self) -> None:
+        if self.count == 0:
+            raise ArchiveError("the archive holds no entries")
+        _resolve_links(self.links, self.result, self.limits)
 
 
 def _link_target(name: str, member: tarfile.TarInfo, limits: Limits) -> str:
@@ -228,7 +263,7 @@ def _link_target(name: str, member: tarfile.TarInfo, limits: Limits) -> str:
         joined = posixpath.normpath(posixpath.join(posixpath.dirname(name), raw))
     else:
         joined = posixpath.normpath(raw)  # hard link targets are archive paths
-    if joined == ".." or joined.startswith("../") or joined.startswith("/"):
+    if joined == ".." or joined.startswith(("../", "/")):
         raise ArchiveError(f"{what} points outside the archive")
     return normalize_member_name(joined)
 
@@ -257,7 +292,9 @@ def _declared_digest(name: str) -> str | None:
     return match.group("a") or match.group("b")
 
 
-def _stage_member(fileobj: Reader, size: int, name: str, staging: Staging, limits: Limits) -> StagedBlob:
+def _stage_member(
+    fileobj: Reader, size: int, name: str, staging: Staging, limits: Limits, budget: RatioBudget
+) -> StagedBlob:
     """Copy one member into staging, hashing it (and its decompressed content) on the way.
 
     A member named after its digest whose blob is already staged or stored is only hashed, not
@@ -286,7 +323,13 @@ def _stage_member(fileobj: Reader, size: int, name: str, staging: Staging, limit
         if kind in (GZIP, ZSTD):
             content = hashlib.sha256()
             reader = decompressing(
-                kind, member, prefix=head, limits=limits, max_bytes=limits.max_layer_bytes, what=what
+                kind,
+                member,
+                prefix=head,
+                limits=limits,
+                max_bytes=limits.max_layer_bytes,
+                what=what,
+                shared=budget,
             )
             while chunk := reader.read(CHUNK):
                 content.update(chunk)
@@ -313,7 +356,9 @@ def _stage_member(fileobj: Reader, size: int, name: str, staging: Staging, limit
     if declared is not None and declared != hex_digest:
         if temp is not None:
             temp.unlink(missing_ok=True)
-        raise ArchiveError(f"{what} is named after sha256:{declared} but its content hashes to sha256:{hex_digest}")
+        raise ArchiveError(
+            f"{what} is named after sha256:{declared} but its content hashes to sha256:{hex_digest}"
+        )
     if temp is not None:
         path = staging.adopt(temp, hex_digest)
     else:

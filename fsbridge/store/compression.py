@@ -71,7 +71,8 @@ class ObservedReader:
     def read(self, n: int = -1, /) -> bytes:
         data = self._inner.read(n)
         if data:
-            data = bytes(data)
+            if not isinstance(data, bytes):
+                data = bytes(data)
             self.count += len(data)
             if self._observe is not None:
                 self._observe(data)
@@ -168,7 +169,9 @@ class ZstdFrameChecker:
             elif 0x184D2A50 <= value <= 0x184D2A5F:
                 self._enter("skippable-size")
             else:
-                raise ArchiveError(f"{self._what}: the zstd data is corrupt (unexpected bytes after its last frame)")
+                raise ArchiveError(
+                    f"{self._what}: the zstd data is corrupt (unexpected bytes after its last frame)"
+                )
         elif self._state == "skippable-size":
             self._skip_then(value, "magic")
         elif self._state == "descriptor":
@@ -192,28 +195,48 @@ class ZstdFrameChecker:
                 self._skip_then(body + (4 if self._checksum else 0), "frame-end")
 
 
+class RatioBudget:
+    """Decompressed bytes allowed against compressed bytes consumed: anything up to
+    ``limits.ratio_floor``, then at most ``limits.max_ratio`` times what ``counted`` has read.
+
+    Each stream has its own; a load also shares one across all its layers against the archive's
+    bytes, so that many small bombs cannot each spend a floor's worth."""
+
+    def __init__(self, limits: Limits, counted: ObservedReader, what: str) -> None:
+        self._limits = limits
+        self._counted = counted
+        self._what = what
+        self.spent = 0
+
+    def spend(self, n: int) -> None:
+        self.spent += n
+        limits = self._limits
+        if self.spent > limits.ratio_floor and self.spent > limits.max_ratio * max(self._counted.count, 1):
+            raise ArchiveError(
+                f"{self._what} decompresses to more than {limits.max_ratio} times its compressed size: "
+                "refusing a likely decompression bomb"
+            )
+
+
 class DecompressingReader:
     """Pulls decompressed bytes out of ``source`` (compressed, already sniffed as ``kind``).
 
-    ``counted`` is the reader whose ``count`` says how many compressed bytes were consumed (for the
-    ratio cap); ``max_bytes`` is the absolute cap on the output. Corrupt or truncated data, and
-    output past a cap, raise ArchiveError.
+    ``budgets`` bound the output against compressed bytes consumed; ``max_bytes`` is the absolute
+    cap on it. Corrupt or truncated data, and output past a cap, raise ArchiveError.
     """
 
     def __init__(
         self,
         kind: str,
         source: Reader,
-        counted: ObservedReader,
+        budgets: list[RatioBudget],
         *,
-        limits: Limits,
         max_bytes: int,
         what: str,
         checker: ZstdFrameChecker | None = None,
     ) -> None:
         self._kind = kind
-        self._counted = counted
-        self._limits = limits
+        self._budgets = budgets
         self._max_bytes = max_bytes
         self._what = what
         self._checker = checker
@@ -239,7 +262,9 @@ class DecompressingReader:
         try:
             data = self._inner.read(n)
         except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
-            raise ArchiveError(f"{self._what}: the {self._kind} data is corrupt or truncated ({exc})") from None
+            raise ArchiveError(
+                f"{self._what}: the {self._kind} data is corrupt or truncated ({exc})"
+            ) from None
         if not data:
             self._done = True
             if self._checker is not None:
@@ -247,15 +272,9 @@ class DecompressingReader:
             return b""
         self.count += len(data)
         if self.count > self._max_bytes:
-            raise ArchiveError(
-                f"{self._what} decompresses to more than {self._max_bytes} bytes; refusing it"
-            )
-        limits = self._limits
-        if self.count > limits.ratio_floor and self.count > limits.max_ratio * max(self._counted.count, 1):
-            raise ArchiveError(
-                f"{self._what} decompresses more than {limits.max_ratio} times its compressed size: "
-                "refusing a likely decompression bomb"
-            )
+            raise ArchiveError(f"{self._what} decompresses to more than {self._max_bytes} bytes; refusing it")
+        for budget in self._budgets:
+            budget.spend(len(data))
         return data
 
     def readable(self) -> bool:
@@ -266,14 +285,25 @@ class DecompressingReader:
 
 
 def decompressing(
-    kind: str, raw: ObservedReader, *, prefix: bytes, limits: Limits, max_bytes: int, what: str
+    kind: str,
+    raw: ObservedReader,
+    *,
+    prefix: bytes,
+    limits: Limits,
+    max_bytes: int,
+    what: str,
+    shared: RatioBudget | None = None,
 ) -> DecompressingReader:
     """A bounded decompressing reader over ``raw``, from which ``prefix`` was already read to
-    sniff it; ``raw.count`` (compressed bytes consumed) feeds the ratio cap."""
+    sniff it; ``raw.count`` (compressed bytes consumed) feeds its own ratio budget, and ``shared``
+    (if given) is charged too."""
     checker = ZstdFrameChecker(what) if kind == ZSTD else None
     inner: Reader = raw
     if checker is not None:
         checker.feed(prefix)
         inner = ObservedReader(raw, checker.feed)
     source: Reader = PrefixedReader(prefix, inner) if prefix else inner
-    return DecompressingReader(kind, source, raw, limits=limits, max_bytes=max_bytes, what=what, checker=checker)
+    budgets = [RatioBudget(limits, raw, what)]
+    if shared is not None:
+        budgets.append(shared)
+    return DecompressingReader(kind, source, budgets, max_bytes=max_bytes, what=what, checker=checker)

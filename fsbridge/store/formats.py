@@ -122,7 +122,7 @@ def expect_annotations(value: Any, what: str) -> dict[str, str]:
 class Descriptor:
     """A validated OCI descriptor: media type, sha256 digest, size, annotations."""
 
-    __slots__ = ("media_type", "digest", "size", "annotations")
+    __slots__ = ("annotations", "digest", "media_type", "size")
 
     def __init__(self, media_type: str, digest: str, size: int, annotations: dict[str, str]) -> None:
         self.media_type = media_type

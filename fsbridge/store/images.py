@@ -72,7 +72,9 @@ def interpret(archive: StagedArchive, limits: Limits) -> tuple[str, list[Pending
             "this docker-archive has no manifest.json (the format of docker before 1.10); "
             "save it again with a current docker or podman"
         )
-    raise ArchiveError("this is neither a docker-archive (no manifest.json) nor an oci-archive (no index.json)")
+    raise ArchiveError(
+        "this is neither a docker-archive (no manifest.json) nor an oci-archive (no index.json)"
+    )
 
 
 def _merge(images: list[PendingImage]) -> list[PendingImage]:
@@ -88,7 +90,9 @@ def _merge(images: list[PendingImage]) -> list[PendingImage]:
 
 def _document(blob: StagedBlob, limits: Limits, what: str) -> Any:
     if blob.size > limits.max_json_bytes:
-        raise ArchiveError(f"{what} is {blob.size} bytes; documents over {limits.max_json_bytes} bytes are refused")
+        raise ArchiveError(
+            f"{what} is {blob.size} bytes; documents over {limits.max_json_bytes} bytes are refused"
+        )
     if blob.compression is not None:
         raise ArchiveError(f"{what} is {blob.compression}-compressed, not JSON")
     try:
@@ -147,7 +151,8 @@ def _oci_blob(archive: StagedArchive, descriptor: Descriptor, what: str) -> Stag
         raise ArchiveError(f"{what} {descriptor.digest} does not match its content ({blob.digest})")
     if blob.size != descriptor.size:
         raise ArchiveError(
-            f"{what} {descriptor.digest} is declared as {descriptor.size} bytes, but the archive holds {blob.size}"
+            f"{what} {descriptor.digest} is declared as {descriptor.size} bytes, "
+            f"but the archive holds {blob.size}"
         )
     return blob
 
@@ -158,8 +163,12 @@ def _oci_images(archive: StagedArchive, limits: Limits) -> list[PendingImage]:
         marker = expect_dict(_document(marker_blob, limits, "oci-layout"), "oci-layout")
         version = marker.get("imageLayoutVersion")
         if version != OCI_LAYOUT_VERSION:
-            raise ArchiveError(f"oci-layout declares version {version!r}; fsbridge reads {OCI_LAYOUT_VERSION}")
-    index = expect_dict(_document(_member(archive, "index.json", "the index"), limits, "index.json"), "index.json")
+            raise ArchiveError(
+                f"oci-layout declares version {version!r}; fsbridge reads {OCI_LAYOUT_VERSION}"
+            )
+    index = expect_dict(
+        _document(_member(archive, "index.json", "the index"), limits, "index.json"), "index.json"
+    )
     if index.get("schemaVersion") != 2:
         raise ArchiveError("index.json must have schemaVersion 2")
     entries = expect_list(index.get("manifests"), "index.json manifests")
@@ -174,7 +183,9 @@ def _oci_images(archive: StagedArchive, limits: Limits) -> list[PendingImage]:
                 f"{what} is a multi-platform image index; fsbridge loads single-platform image archives"
             )
         if descriptor.media_type not in IMAGE_MANIFESTS:
-            raise ArchiveError(f"{what} has media type {descriptor.media_type!r}, which is not an image manifest")
+            raise ArchiveError(
+                f"{what} has media type {descriptor.media_type!r}, which is not an image manifest"
+            )
         images.append(_oci_image(archive, descriptor, limits, what))
     return images
 
@@ -187,7 +198,9 @@ def _oci_image(archive: StagedArchive, descriptor: Descriptor, limits: Limits, w
         raise ArchiveError(f"{what} must have schemaVersion 2")
     declared_type = manifest.get("mediaType")
     if declared_type is not None and declared_type != descriptor.media_type:
-        raise ArchiveError(f"{what} says it is {declared_type!r} but the index says {descriptor.media_type!r}")
+        raise ArchiveError(
+            f"{what} says it is {declared_type!r} but the index says {descriptor.media_type!r}"
+        )
     config_descriptor = Descriptor.parse(manifest.get("config"), f"{what} config")
     if config_descriptor.media_type not in CONFIGS:
         raise ArchiveError(
@@ -242,7 +255,9 @@ def _docker_image(archive: StagedArchive, entry: Any, limits: Limits, what: str)
     config_name = expect_str(entry.get("Config"), f"{what}.Config")
     tags = entry.get("RepoTags") or []
     tags = [expect_str(tag, f"{what}.RepoTags item") for tag in expect_list(tags, f"{what}.RepoTags")]
-    layer_names = [expect_str(n, f"{what}.Layers item") for n in expect_list(entry.get("Layers"), f"{what}.Layers")]
+    layer_names = [
+        expect_str(n, f"{what}.Layers item") for n in expect_list(entry.get("Layers"), f"{what}.Layers")
+    ]
     config_blob = _member(archive, config_name, "image config")
     config = _document(config_blob, limits, f"image config {config_name!r}")
     layers = [_member(archive, name, "layer") for name in layer_names]

@@ -99,7 +99,7 @@ class Staging:
             fd, name = tempfile.mkstemp(prefix="part-", dir=self.path)
         except OSError as exc:
             raise store_failure("create a staging file", exc) from None
-        return os.fdopen(fd, "wb"), Path(name)
+        return os.fdopen(fd, "wb", buffering=0), Path(name)  # chunks arrive 1 MiB at a time
 
     def staged(self, hex_digest: str) -> Path | None:
         path = self.path / hex_digest
@@ -163,7 +163,12 @@ class Layout:
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             if not self.layout_path.exists():
-                foreign = {p.name for p in self.root.iterdir()} - {"blobs", "index.json", "oci-layout", STATE_DIR}
+                foreign = {p.name for p in self.root.iterdir()} - {
+                    "blobs",
+                    "index.json",
+                    "oci-layout",
+                    STATE_DIR,
+                }
                 if foreign:
                     raise StoreError(
                         f"{self.root} is not empty and is not an OCI image layout; "
@@ -193,7 +198,9 @@ class Layout:
             with open(path, "rb") as handle:
                 data = handle.read(cap + 1)
         except FileNotFoundError:
-            raise StoreError(f"blob {digest} is missing from the image store", reason="store-corrupt") from None
+            raise StoreError(
+                f"blob {digest} is missing from the image store", reason="store-corrupt"
+            ) from None
         except OSError as exc:
             raise store_failure(f"read blob {digest}", exc) from None
         if len(data) > cap:
@@ -407,7 +414,9 @@ class Layout:
             config = Descriptor.parse(document.get("config"), f"manifest {manifest.digest} config")
             layers = [
                 Descriptor.parse(item, f"manifest {manifest.digest} layer {i}")
-                for i, item in enumerate(expect_list(document.get("layers"), f"manifest {manifest.digest} layers"))
+                for i, item in enumerate(
+                    expect_list(document.get("layers"), f"manifest {manifest.digest} layers")
+                )
             ]
         except ArchiveError as exc:
             raise StoreError(exc.message, reason="store-corrupt") from None
@@ -415,7 +424,10 @@ class Layout:
 
     def index_descriptors(self, index: dict[str, Any]) -> list[Descriptor]:
         try:
-            return [Descriptor.parse(item, f"index.json manifest {i}") for i, item in enumerate(index["manifests"])]
+            return [
+                Descriptor.parse(item, f"index.json manifest {i}")
+                for i, item in enumerate(index["manifests"])
+            ]
         except ArchiveError as exc:
             raise StoreError(f"the image store's {exc.message}", reason="store-corrupt") from None
 
@@ -477,7 +489,9 @@ class Layout:
                     continue
                 sizes[entry.name] = size
                 if actual != entry.name:
-                    problems.append(f"blob sha256:{entry.name} is corrupt: its content hashes to sha256:{actual}")
+                    problems.append(
+                        f"blob sha256:{entry.name} is corrupt: its content hashes to sha256:{actual}"
+                    )
             try:
                 index = self.read_index()
                 descriptors = self.index_descriptors(index)

@@ -32,7 +32,7 @@ _MAX_NAME = 255
 class Reference:
     """A parsed, normalised image reference: ``domain/path[:tag][@digest]``."""
 
-    __slots__ = ("domain", "path", "tag", "digest")
+    __slots__ = ("digest", "domain", "path", "tag")
 
     def __init__(self, domain: str, path: str, tag: str | None, digest: str | None) -> None:
         self.domain = domain

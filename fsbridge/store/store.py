@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, BinaryIO
 
 from fsbridge.errors import ArchiveError, FsbridgeError, StoreError
@@ -89,7 +90,7 @@ class ImageStore:
             archive_format, pending = interpret(staged, self.limits)
             if check_source is not None:
                 check_source()
-            blobs: dict[str, Any] = {}
+            blobs: dict[str, Path] = {}
             for image in pending:
                 blobs.update(image.blobs)
             written, reused = self.layout.commit_blobs(blobs)
@@ -121,7 +122,9 @@ class ImageStore:
         except FileNotFoundError:
             raise FsbridgeError(f"{os.fspath(path)} does not exist", reason="not-found") from None
         except OSError as exc:
-            raise FsbridgeError(f"{os.fspath(path)} cannot be read: {exc.strerror or exc}", reason="unreadable") from None
+            raise FsbridgeError(
+                f"{os.fspath(path)} cannot be read: {exc.strerror or exc}", reason="unreadable"
+            ) from None
         with handle:
             if identity is None:
                 return self.load(handle, progress=progress)
@@ -155,7 +158,9 @@ class ImageStore:
             image_id = self._image_id(entry)
             if image_id not in named_ids:
                 unnamed[image_id] = _unnamed(entry)
-        return [named[name] for name in sorted(named)] + sorted(unnamed.values(), key=lambda e: str(e.get("digest")))
+        return [named[name] for name in sorted(named)] + sorted(
+            unnamed.values(), key=lambda e: str(e.get("digest"))
+        )
 
     # ----------------------------------------------------------------- reading
 
@@ -239,7 +244,9 @@ class ImageStore:
             if len(found) == 1:
                 return found[0]
             if len(found) > 1:
-                raise StoreError(f"{ref_or_id!r} matches {len(found)} images; give more of the id", reason="ambiguous")
+                raise StoreError(
+                    f"{ref_or_id!r} matches {len(found)} images; give more of the id", reason="ambiguous"
+                )
         for image in images:
             if query in image.names:
                 return image
@@ -255,7 +262,9 @@ class ImageStore:
         if len(found) == 1:
             return found[0]
         if len(found) > 1:
-            raise StoreError(f"{ref_or_id!r} matches {len(found)} images; give the full name", reason="ambiguous")
+            raise StoreError(
+                f"{ref_or_id!r} matches {len(found)} images; give the full name", reason="ambiguous"
+            )
         raise StoreError(f"no image {ref_or_id!r} in the store", reason="image-unknown")
 
     # ----------------------------------------------------------------- removing and checking
@@ -267,7 +276,8 @@ class ImageStore:
             image = self.inspect(ref_or_id)
             index = self.layout.read_index()
             index["manifests"] = [
-                entry for entry in index["manifests"]
+                entry
+                for entry in index["manifests"]
                 if not (isinstance(entry, dict) and self._image_id(entry) == image.id)
             ]
             self.layout.write_index(index)

@@ -76,11 +76,12 @@ class ApiClient:
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
             response = self.http.request(method, path, **kwargs)
-        except httpx.ConnectError as e:
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
             raise RemoteError(f"cannot reach the fsbridge server at {self.url}: {e}; is `fsbridge serve` "
                               "running in the VM, and is FSBRIDGE_URL right?", reason="unreachable") from None
-        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as e:
-            raise RemoteError(f"the fsbridge server at {self.url} closed the connection: {e}",
+        except httpx.TransportError as e:
+            what = str(e) or type(e).__name__
+            raise RemoteError(f"the fsbridge server at {self.url} closed the connection: {what}",
                               reason="connection-lost") from None
         return self._decode(response)
 
@@ -91,6 +92,9 @@ class ApiClient:
         except ValueError:
             body = None
         if response.is_success:
+            if not isinstance(body, (dict, list)):
+                raise RemoteError(f"the answer from {response.url} is not fsbridge's JSON; is this an fsbridge "
+                                  "server?", reason="bad-response", status=response.status_code)
             return body
         error = body.get("error") if isinstance(body, dict) else None
         if isinstance(error, dict):
@@ -133,7 +137,8 @@ class ApiClient:
             return self._request("POST", "/v1/images/load", content=body(),
                                  headers={"content-type": "application/x-tar", "content-length": str(size)})
         except RemoteError as e:
-            if e.reason in ("connection-lost", "unreachable") and e.status is None:
-                raise RemoteError(f"the upload stopped after {sent} of {size} bytes: {e.message} "
-                                  "Nothing was stored; run the command again.", reason="upload-interrupted") from None
+            if e.reason == "connection-lost" and e.status is None:
+                raise RemoteError(f"the upload stopped after {sent} of {size} bytes ({e.message.rstrip('.')}). "
+                                  "Nothing was stored; run the command again.",
+                                  reason="upload-interrupted") from None
             raise

@@ -30,6 +30,17 @@ UPLOAD_TYPES = {"application/x-tar", "application/octet-stream", "application/gz
                 "application/zstd", "application/tar"}
 
 
+def _out_of_space(exc: BaseException | None) -> bool:
+    """Whether `exc`, or an error it was raised from or while handling, is a full disk or quota."""
+    for _ in range(8):
+        if exc is None:
+            return False
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
 def problem(status: int, reason: str, message: str) -> tuple[int, dict[str, Any]]:
     return status, {"error": {"reason": reason, "message": message}}
 
@@ -55,12 +66,15 @@ class Api:
         except ArchiveError as e:
             return problem(422, e.reason, e.message)
         except StoreError as e:
+            if _out_of_space(e):
+                return problem(507, "no-space",
+                               f"the server's disk is full; nothing was stored ({e.message})")
             status = 404 if e.reason == "image-unknown" else 409 if e.reason == "ambiguous" else 500
             return problem(status, e.reason, e.message)
         except FsbridgeError as e:
             return problem(409 if e.reason in PATH_REFUSALS else 400, e.reason, e.message)
         except OSError as e:
-            if e.errno == errno.ENOSPC:
+            if _out_of_space(e):
                 return problem(507, "no-space", "the server's disk is full; nothing was stored")
             log.exception("I/O error")
             return problem(500, "io-error", f"the server failed: {e.strerror or e}")
@@ -119,7 +133,11 @@ class Api:
         import json
 
         try:
-            body = json.loads(await request.read_body(MAX_JSON_BODY))
+            raw = await request.read_body(MAX_JSON_BODY)
+        except ValueError:
+            return problem(400, "bad-request", f"a path reference is at most {MAX_JSON_BODY} bytes of JSON")
+        try:
+            body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as e:
             return problem(400, "bad-request", f"the path reference is not valid JSON: {e}")
         if not isinstance(body, dict) or not isinstance(body.get("path"), str):
@@ -140,8 +158,6 @@ class Api:
     async def load_upload(self, request: Request) -> tuple[int, Any]:
         reader = BodyReader(request)
         result = await self._load(self.backend.load_stream, reader)
-        if reader.bytes_read == 0:
-            raise ArchiveError("the upload was empty", reason="empty")
         return 200, {"via": "upload", "bytes_received": reader.bytes_read, **result}
 
     async def _load(self, fn: Any, *args: Any) -> dict[str, Any]:

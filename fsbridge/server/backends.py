@@ -60,6 +60,15 @@ class _FdReader:
         return os.read(self.fd, n)
 
 
+def _finish_verifying(verifier: IdentityVerifier, identity: Identity) -> None:
+    """Read what is left of the file (no more than one byte past the expected size) and verify it:
+    FsbridgeError "identity-mismatch" unless the whole file is the one the client described."""
+    while verifier.bytes_read <= identity.size:
+        if not verifier.read(min(CHUNK, identity.size + 1 - verifier.bytes_read)):
+            break
+    verifier.verify(identity)
+
+
 class BuiltinBackend:
     """The embedded image store (fsbridge.store): an OCI image layout on the VM's disk."""
 
@@ -75,7 +84,14 @@ class BuiltinBackend:
 
     def load_reference(self, ref: OpenedReference, identity: Identity) -> dict[str, Any]:
         verifier = IdentityVerifier(_FdReader(ref.fd))
-        return self.store.load(verifier, check_source=lambda: verifier.verify(identity)).to_json()
+        try:
+            return self.store.load(verifier, check_source=lambda: verifier.verify(identity)).to_json()
+        except ArchiveError:
+            # A bad archive is only the client's problem if it is the client's file: a different file
+            # at that path in the VM (a share lagging behind, a half-copied file) is a refusal, and
+            # the client uploads instead.
+            _finish_verifying(verifier, identity)
+            raise
 
     def images(self) -> list[dict[str, Any]]:
         return [image.to_json() for image in self.store.images()]
@@ -135,6 +151,8 @@ class PodmanBackend:
         return {"images": list(images.values())}
 
     def load_stream(self, stream: BinaryIO | Any) -> dict[str, Any]:
+        if self.staging_dir:
+            os.makedirs(self.staging_dir, exist_ok=True)
         with tempfile.NamedTemporaryFile(prefix="fsbridge-upload-", suffix=".tar", dir=self.staging_dir) as tmp:
             while chunk := stream.read(CHUNK):
                 tmp.write(chunk)

@@ -113,6 +113,8 @@ class Connection:
     async def receive_body_chunk(self) -> bytes:
         if self.conn.their_state is not h11.SEND_BODY:
             return b""
+        if self.conn.they_are_waiting_for_100_continue:  # "Expect: 100-continue": we do want the body
+            await self._send(h11.InformationalResponse(status_code=100, headers=[(b"server", SERVER_NAME)]))
         event = await self._next_event()
         if isinstance(event, h11.Data):
             return bytes(event.data)
@@ -180,8 +182,14 @@ async def serve_connection(stream: trio.abc.Stream, handle: Handler) -> None:
             except ClientGone as e:
                 log.info("%s %s: client gone: %s", request.method, request.path, e)
                 return
-            # The answer may come before the body was read (a refusal): drain a little, else close.
-            keep = await conn.discard_body() if conn.conn.their_state is h11.SEND_BODY else True
+            # The answer may come before the body was read (a refusal): drain a little, else close. A client
+            # still waiting for "100 Continue" has not sent the body: answer at once and close.
+            if conn.conn.their_state is not h11.SEND_BODY:
+                keep = True
+            elif conn.conn.they_are_waiting_for_100_continue:
+                keep = False
+            else:
+                keep = await conn.discard_body()
             try:
                 await conn.send_json(status, body, close=not keep)
             except ClientGone:

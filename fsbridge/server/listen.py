@@ -56,7 +56,7 @@ def parse_listen(text: str | None) -> ListenAddress:
         return ListenAddress("unix", path=path)
     if text.startswith("tcp:"):
         host, sep, port = text[len("tcp:"):].rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:  # 0: any free port
             raise ConfigError(f"--listen {text}: expected tcp:HOST:PORT", reason="bad-listen")
         return ListenAddress("tcp", host=host.strip("[]") or "127.0.0.1", port=int(port))
     raise ConfigError(f"--listen {text}: expected unix:PATH or tcp:HOST:PORT", reason="bad-listen")
@@ -126,8 +126,13 @@ def serve(api: Api, address: ListenAddress, *, ready: Callable[[str], None] | No
     if address.kind == "tcp" and api.token is None:
         raise ConfigError("TCP needs a bearer token: give --token-file FILE", reason="no-token")
 
+    bound: list[tuple[int, int]] = []  # (st_dev, st_ino) of the socket file this server created
+
     async def main() -> None:
         listeners = await _listeners(address)
+        if address.kind == "unix":
+            st = os.lstat(address.path)
+            bound.append((st.st_dev, st.st_ino))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
             await nursery.start(partial(trio.serve_listeners, partial(serve_connection, handle=api.handle),
@@ -142,9 +147,12 @@ def serve(api: Api, address: ListenAddress, *, ready: Callable[[str], None] | No
     try:
         trio.run(main)
     finally:
-        if address.kind == "unix":
+        # Remove our own socket only: not a file that was in the way, nor another server's socket.
+        if address.kind == "unix" and bound:
             try:
-                os.unlink(address.path)
+                st = os.lstat(address.path)
+                if (st.st_dev, st.st_ino) == bound[0]:
+                    os.unlink(address.path)
             except OSError:
                 pass
 

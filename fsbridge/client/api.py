@@ -18,9 +18,47 @@ CHUNK = 1024 * 1024
 UNIX_BASE_URL = "http://fsbridge"
 
 
-def default_url() -> str:
-    """FSBRIDGE_URL, else the default socket of a server run by this user in this machine."""
-    url = os.environ.get("FSBRIDGE_URL")
+def default_config_path() -> str:
+    """FSBRIDGE_CONFIG, else the per-user config file (~/.config/fsbridge/config.toml; %APPDATA% on Windows)."""
+    explicit = os.environ.get("FSBRIDGE_CONFIG")
+    if explicit:
+        return explicit
+    if os.name == "nt" and os.environ.get("APPDATA"):
+        return os.path.join(os.environ["APPDATA"], "fsbridge", "config.toml")
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "fsbridge", "config.toml")
+
+
+def read_client_config(path: str | None) -> dict[str, Any]:
+    """The client settings (`url`, `token_file`) of a TOML config file; {} when the default file is absent.
+
+    The same file may hold the VM side's [[map]] entries; the client ignores them.
+    """
+    import tomllib
+
+    explicit = path is not None
+    path = path or default_config_path()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist", reason="bad-config") from None
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"config file {path} cannot be read: {e}", reason="bad-config") from None
+    out: dict[str, Any] = {}
+    for key in ("url", "token_file"):
+        if key in data:
+            if not isinstance(data[key], str) or not data[key]:
+                raise ConfigError(f"config file {path}: '{key}' must be a non-empty string", reason="bad-config")
+            out[key] = data[key]
+    return out
+
+
+def default_url(config: str | None = None) -> str:
+    """FSBRIDGE_URL, then the config file's `url`, then the default socket of a server in this machine."""
+    url = os.environ.get("FSBRIDGE_URL") or read_client_config(config).get("url")
     if url:
         return url
     if hasattr(os, "geteuid") and os.geteuid() == 0:
@@ -29,11 +67,11 @@ def default_url() -> str:
     return f"unix:{os.path.join(runtime, 'fsbridge', 'fsbridge.sock')}"
 
 
-def _token(token_file: str | None) -> str | None:
-    token_file = token_file or os.environ.get("FSBRIDGE_TOKEN_FILE")
+def _token(token_file: str | None, config: str | None = None) -> str | None:
+    token_file = token_file or os.environ.get("FSBRIDGE_TOKEN_FILE") or read_client_config(config).get("token_file")
     if token_file:
         try:
-            with open(token_file, encoding="utf-8") as f:
+            with open(os.path.expanduser(token_file), encoding="utf-8") as f:
                 return f.read().strip()
         except OSError as e:
             raise ConfigError(f"cannot read token file {token_file}: {e.strerror}", reason="no-token") from None
@@ -43,11 +81,11 @@ def _token(token_file: str | None) -> str | None:
 class ApiClient:
     """A client of one fsbridge server. `url`: unix:/path/to.sock or http://HOST:PORT."""
 
-    def __init__(self, url: str | None = None, *, token_file: str | None = None,
+    def __init__(self, url: str | None = None, *, token_file: str | None = None, config: str | None = None,
                  transport: httpx.BaseTransport | None = None) -> None:
-        self.url = url or default_url()
+        self.url = url or default_url(config)
         headers = {"user-agent": "fsbridge-client"}
-        token = _token(token_file)
+        token = _token(token_file, config)
         if token:
             headers["authorization"] = f"Bearer {token}"
         timeout = httpx.Timeout(30.0, read=None, write=None)

@@ -11,6 +11,7 @@ own read); uploads are staged to a temporary file first, because podman reads ar
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -27,6 +28,10 @@ from fsbridge.server.resolve import OpenedReference
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024
+
+# Words in podman's load errors that blame the archive rather than podman or its storage.
+_ARCHIVE_HINTS = ("payload does not match", "unexpected eof", "invalid", "not a tar", "archive/tar", "manifest",
+                  "digest", "unsupported", "unrecognized", "does not match any of the supported image formats")
 
 
 class Backend(Protocol):
@@ -126,8 +131,12 @@ class PodmanBackend:
         if result.returncode != 0:
             message = (result.stderr or result.stdout).strip().splitlines()
             text = message[-1] if message else f"exit status {result.returncode}"
+            if "no space left on device" in text.lower():
+                raise OSError(errno.ENOSPC, f"podman {args[0]}: {text}")
             if args and args[0] == "load":
-                raise ArchiveError(f"podman could not load the archive: {text}", reason="bad-archive")
+                if any(hint in text.lower() for hint in _ARCHIVE_HINTS):
+                    raise ArchiveError(f"podman could not load the archive: {text}", reason="bad-archive")
+                raise StoreError(f"podman load failed: {text}", reason="podman-failed")
             if "image not known" in text or "no such image" in text.lower():
                 raise StoreError(f"no image {args[-1]!r}: {text}", reason="image-unknown")
             raise StoreError(f"podman {args[0]} failed: {text}", reason="podman-failed")

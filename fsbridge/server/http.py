@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 RECEIVE_SIZE = 1024 * 1024
 MAX_HEADER_BYTES = 64 * 1024
 SERVER_NAME = b"fsbridge"
+IDLE_TIMEOUT_S = 300.0  # from connect (or the previous answer) until a request's head is complete
 
 
 class ClientGone(Exception):
@@ -146,6 +147,8 @@ class Connection:
         ]
         if close:
             headers.append((b"connection", b"close"))
+        if status == 401:
+            headers.append((b"www-authenticate", b'Bearer realm="fsbridge"'))
         await self._send(h11.Response(status_code=status, headers=headers))
         await self._send(h11.Data(data=data))
         await self._send(h11.EndOfMessage())
@@ -174,7 +177,10 @@ async def serve_connection(stream: trio.abc.Stream, handle: Handler) -> None:
     conn = Connection(stream)
     try:
         while True:
-            request = await conn.next_request()
+            request = None
+            # An idle or slow client may not hold a connection (and its socket) forever.
+            with trio.move_on_after(IDLE_TIMEOUT_S):
+                request = await conn.next_request()
             if request is None:
                 return
             try:

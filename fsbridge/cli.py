@@ -350,11 +350,14 @@ def emulate_command(source: str, mountpoint: str, profile: str | None, latency_u
 
 
 def _url_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--config", "client_config", metavar="FILE", envvar="FSBRIDGE_CONFIG",
+                      help="TOML file with `url` and `token_file` [env FSBRIDGE_CONFIG; default "
+                           "~/.config/fsbridge/config.toml when it exists].")(fn)
     fn = click.option("--token-file", metavar="FILE", envvar="FSBRIDGE_TOKEN_FILE",
-                      help="Bearer token for a TCP server [env FSBRIDGE_TOKEN_FILE].")(fn)
+                      help="Bearer token for a TCP server [env FSBRIDGE_TOKEN_FILE; else the config file's].")(fn)
     fn = click.option("--url", metavar="URL", envvar="FSBRIDGE_URL",
-                      help="unix:/path/to.sock or http://HOST:PORT [env FSBRIDGE_URL; default: the local "
-                           "server's socket].")(fn)
+                      help="unix:/path/to.sock or http://HOST:PORT [env FSBRIDGE_URL; else the config file's "
+                           "`url`; else the local server's socket].")(fn)
     return fn
 
 
@@ -443,7 +446,8 @@ def _print_images(images: list[dict[str, Any]]) -> None:
 @click.option("--upload", "force_upload", is_flag=True, help="Skip the path reference: always upload the bytes.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object: via, images, why the path was refused.")
 @reports_errors
-def load_command(archive: str, url: str | None, token_file: str | None, force_upload: bool, as_json: bool) -> None:
+def load_command(archive: str, url: str | None, token_file: str | None, client_config: str | None,
+                 force_upload: bool, as_json: bool) -> None:
     """Load an image archive (docker-archive or oci-archive, plain, .gz or .zst) into the VM.
 
     Sends the archive's path and identity first; the server reads it through the share it already has.
@@ -458,7 +462,7 @@ def load_command(archive: str, url: str | None, token_file: str | None, force_up
     """
     from fsbridge.client import ApiClient, load_archive
 
-    with ApiClient(url, token_file=token_file) as client:
+    with ApiClient(url, token_file=token_file, config=client_config) as client:
         outcome = load_archive(client, archive, force_upload=force_upload,
                                progress=None if as_json else _Bar)
     if as_json:
@@ -474,7 +478,7 @@ def load_command(archive: str, url: str | None, token_file: str | None, force_up
 @_url_options
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list of {id, names, ...}.")
 @reports_errors
-def images_command(url: str | None, token_file: str | None, as_json: bool) -> None:
+def images_command(url: str | None, token_file: str | None, client_config: str | None, as_json: bool) -> None:
     """List the images the server holds.
 
     \b
@@ -483,7 +487,7 @@ def images_command(url: str | None, token_file: str | None, as_json: bool) -> No
     """
     from fsbridge.client import ApiClient
 
-    with ApiClient(url, token_file=token_file) as client:
+    with ApiClient(url, token_file=token_file, config=client_config) as client:
         images = client.images()
     if as_json:
         click.echo(json.dumps(images, indent=2))
@@ -500,7 +504,8 @@ def images_command(url: str | None, token_file: str | None, as_json: bool) -> No
 @click.argument("refs", nargs=-1, required=True)
 @_url_options
 @reports_errors
-def rmi_command(refs: tuple[str, ...], url: str | None, token_file: str | None) -> None:
+def rmi_command(refs: tuple[str, ...], url: str | None, token_file: str | None,
+                client_config: str | None) -> None:
     """Remove images from the server by name or id (blobs no other image uses are deleted).
 
     \b
@@ -509,7 +514,7 @@ def rmi_command(refs: tuple[str, ...], url: str | None, token_file: str | None) 
     """
     from fsbridge.client import ApiClient
 
-    with ApiClient(url, token_file=token_file) as client:
+    with ApiClient(url, token_file=token_file, config=client_config) as client:
         for ref in refs:
             for image_id in client.remove(ref):
                 click.echo(f"Untagged and removed: {image_id}")
@@ -535,6 +540,64 @@ def check_store_command(store: str) -> None:
     if problems:
         raise FsbridgeError(f"{len(problems)} problem(s) in {store}", reason="store-damaged")
     click.echo(f"{store}: healthy")
+
+
+# --- the benchmark: bench --------------------------------------------------------------------------------------
+
+
+@cli.command("bench")
+@click.argument("names", nargs=-1, metavar="[SCENARIO]...")
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
+              help="Where results.json, report.md and report.png go [default: bench/out/DATE-HOST].")
+@click.option("--quick", is_flag=True,
+              help="Small sizes and 2 runs of everything: a smoke run of about 2 minutes.")
+@click.option("--runs", type=click.IntRange(min=1), metavar="N",
+              help="Counted runs of every variant (all scenarios).")
+@click.option("--warmup", type=click.IntRange(min=0), metavar="N",
+              help="Uncounted warm-up rounds (all scenarios).")
+@click.option("--share", default="emulate:9p-virtio", show_default=True, metavar="SPEC",
+              help="The slow share: emulate:PROFILE[,latency-us=N,bandwidth-mib=N] (fsbridge emulate) or "
+                   "path:/mnt/9p (a real share; the fixtures are copied into a temporary folder on it).")
+@click.option("--set", "sets", multiple=True, metavar="SCENARIO.KEY=VALUE",
+              help="Change a scenario's parameter or setting (runs, warmup, drop_caches, run_timeout_s, "
+                   "time_bound_s); a comma list sweeps. Repeatable.")
+@click.option("--scenarios", "scenarios_dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Read the scenario files (*.toml) from DIR instead of the ones shipped with fsbridge.")
+@click.option("--compare", nargs=2, type=click.Path(exists=True, dir_okay=False), metavar="OLD.json NEW.json",
+              help="Run nothing: show what changed between two results.json.")
+@click.option("--list", "list_only", is_flag=True,
+              help="Run nothing: list the scenarios and their parameters.")
+@click.pass_context
+@reports_errors
+def bench_command(ctx: click.Context, names: tuple[str, ...], out: str | None, quick: bool, runs: int | None,
+                  warmup: int | None, share: str, sets: tuple[str, ...], scenarios_dir: str | None,
+                  compare: tuple[str, str] | None, list_only: bool) -> None:
+    """Measure the cached mount and path-reference loads against the local disk and the raw share.
+
+    Runs every variant of each SCENARIO (default: all) interleaved, round after round, with warm-up
+    runs, cold caches where a variant needs them and a time bound; samples CPU, memory and I/O of every
+    process involved; writes results.json (every raw run), report.md (median, p95, min-max, jitter,
+    ratio to the baseline) and report.png. Cleans up every mount, server and temporary file, also on
+    Ctrl-C. Exit status 1 when a variant failed (the report is still written). Needs /dev/fuse; run
+    it as root so that cold runs can drop the page cache.
+
+    \b
+    Examples:
+      fsbridge bench --quick                          # every scenario, small: about 2 minutes
+      fsbridge bench                                  # the default suite: under 10 minutes
+      fsbridge bench metadata-walk git-status --runs 5 --out /tmp/b
+      fsbridge bench --share emulate:wsl2-drvfs       # another share model
+      fsbridge bench --share path:/mnt/9p             # a real share
+      fsbridge bench load-image --set load-image.size_mib=4096
+      fsbridge bench metadata-walk --set metadata-walk.files=1000,10000,100000 \\
+                     --set metadata-walk.time_bound_s=3600
+      fsbridge bench --compare bench/out/A/results.json bench/out/B/results.json
+      fsbridge bench --list
+    """
+    from fsbridge.bench.runner import command
+
+    ctx.exit(command(names=names, out=out, quick=quick, runs=runs, warmup=warmup, share=share, sets=sets,
+                     scenarios_dir=scenarios_dir, compare=compare, list_only=list_only))
 
 
 def main() -> None:

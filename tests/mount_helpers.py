@@ -16,8 +16,9 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 NOBODY = 65534  # uid and gid of the unprivileged user the permission tests run as
 

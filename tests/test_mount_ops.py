@@ -14,16 +14,29 @@ import mmap
 import os
 import stat
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import Mounted, needs_root
-from mount_helpers import (NOBODY, RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, as_user,
-                           daemon_healthy, open_tempdir, outcome, remove_tree, renameat2, stat_fields,
-                           twin_fields, utimensat)
+from mount_helpers import (
+    NOBODY,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    UTIME_NOW,
+    UTIME_OMIT,
+    as_user,
+    daemon_healthy,
+    open_tempdir,
+    outcome,
+    remove_tree,
+    renameat2,
+    stat_fields,
+    twin_fields,
+    utimensat,
+)
 
 pytestmark = pytest.mark.fuse
 
@@ -35,10 +48,10 @@ class Twin:
     backing: Path
     mount: Mounted
 
-    def same(self, fn: Callable[[Path], Any]) -> tuple[str, Any]:
-        """Run fn on the local folder and through the mount; both outcomes must be equal."""
-        expected = outcome(fn, self.local)
-        got = outcome(fn, self.view)
+    def same(self, fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+        """Run fn(root, *args) on the local folder and through the mount; both outcomes must be equal."""
+        expected = outcome(fn, self.local, *args)
+        got = outcome(fn, self.view, *args)
         assert got == expected, f"through the mount {got}, on a local folder {expected}"
         return got
 
@@ -87,6 +100,11 @@ def read_fd(path: Path, flags: int = os.O_RDONLY) -> bytes:
         os.close(fd)
 
 
+def remove(*paths: Path) -> None:
+    for path in paths:
+        os.unlink(path)
+
+
 def write(path: Path, data: bytes, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode: int = 0o644) -> int:
     fd = os.open(path, flags, mode)
     try:
@@ -126,7 +144,7 @@ def test_setattr_chmod_chown_truncate(twin: Twin) -> None:
     twin.same(lambda r: write(r / "f", b"x" * 10_000))
     twin.same(lambda r: os.mkdir(r / "d"))
     for mode in (0o600, 0o4755, 0o2711, 0o1777, 0o000, 0o644):
-        twin.same(lambda r: os.chmod(r / "f", mode))
+        twin.same(lambda r, m: os.chmod(r / "f", m), mode)
         twin.same_attrs("f")
     twin.same(lambda r: os.chmod(r / "d", 0o3775))
     twin.same_attrs("d")
@@ -141,7 +159,7 @@ def test_setattr_chmod_chown_truncate(twin: Twin) -> None:
     twin.same_attrs("f")  # lchown did not follow the link
 
     for size in (4096, 0, 1 << 20, 7):
-        twin.same(lambda r: os.truncate(r / "f", size))
+        twin.same(lambda r, n: os.truncate(r / "f", n), size)
         twin.same_attrs("f")
     twin.same(lambda r: (r / "f").read_bytes())
     twin.same(lambda r: os.truncate(r / "d", 0))  # EISDIR
@@ -168,7 +186,7 @@ def test_utimens_explicit_partial_and_now(twin: Twin) -> None:
     twin.same(lambda r: os.mkdir(r / "d"))
     atime, mtime = 1_000_000_123_456_789, 1_100_000_987_654_321
     for rel in ("f", "d"):
-        twin.same(lambda r: os.utime(r / rel, ns=(atime, mtime)))
+        twin.same(lambda r, p: os.utime(r / p, ns=(atime, mtime)), rel)
         for root in (twin.local, twin.view, twin.backing):
             st = os.lstat(root / rel)
             assert (st.st_atime_ns, st.st_mtime_ns) == (atime, mtime), root
@@ -230,7 +248,7 @@ def test_readdir_names_and_types(twin: Twin) -> None:
     twin.same(lambda r: os.listdir(r / "file-000"))  # ENOTDIR
     twin.same(lambda r: os.listdir(r / "nope"))  # ENOENT
     # the listing follows changes made through the mount at once
-    twin.same(lambda r: [os.unlink(r / f"file-{i:03d}") for i in range(0, 300, 3)])
+    twin.same(lambda r: remove(*(r / f"file-{i:03d}" for i in range(0, 300, 3))))
     twin.same(lambda r: os.rename(r / "file-001", r / "sub" / "moved"))
     twin.same(listing)
     twin.same(lambda r: sorted(os.listdir(r / "sub")))
@@ -239,6 +257,24 @@ def test_readdir_names_and_types(twin: Twin) -> None:
     # an entry's attributes from the listing are the file's attributes
     for rel in ("file-002", "sub", "to-sub", "pipe"):
         twin.same_attrs(rel)
+
+
+def test_a_listing_in_progress_does_not_bring_removed_names_back(twin: Twin) -> None:
+    """Names removed while a directory is being read (between two getdents calls) stay removed."""
+    names = [f"entry-with-a-longer-name-{i:04d}" for i in range(400)]  # several getdents calls' worth
+    twin.same(lambda r: [write(r / name, b"x") for name in names])
+
+    def remove_while_listing(root: Path) -> tuple[list[str], list[bool]]:
+        with os.scandir(root) as it:
+            next(it)
+            for name in names:
+                os.unlink(root / name)
+            os.mkdir(root / "made-meanwhile")
+            list(it)
+        return sorted(os.listdir(root)), [os.path.lexists(root / name) for name in names]
+
+    twin.same(remove_while_listing)
+    twin.same_attrs("made-meanwhile")
 
 
 # -- files -----------------------------------------------------------------------------------------------
@@ -316,8 +352,7 @@ def test_writes_then_reads_large_file_and_mmap(twin: Twin) -> None:
 
     def big(root: Path) -> str:
         with open(root / "big", "wb") as f:
-            for i in range(0, len(blob), 100_000):
-                f.write(blob[i:i + 100_000])
+            f.writelines(blob[i:i + 100_000] for i in range(0, len(blob), 100_000))
         # patch the middle and grow it through pwrite past the end
         fd = os.open(root / "big", os.O_RDWR)
         try:
@@ -342,8 +377,8 @@ def test_writes_then_reads_large_file_and_mmap(twin: Twin) -> None:
         with open(root / "big", "r+b") as f, mmap.mmap(f.fileno(), 0) as mm:
             mm[10:16] = b"MAPPED"
             mm.flush()
-        with open(root / "big", "rb") as f:
-            return f.read(32)
+        with open(root / "big", "rb") as again:
+            return again.read(32)
 
     twin.same(mapped_write)
     assert (twin.backing / "big").read_bytes()[10:16] == b"MAPPED"
@@ -425,7 +460,7 @@ def test_symlink_readlink(twin: Twin) -> None:
     twin.same(lambda r: os.symlink("x" * 4000, r / "long"))
     twin.same(lambda r: os.symlink("target", r / "rel"))  # EEXIST
     for rel in ("rel", "abs", "long"):
-        twin.same(lambda r: os.readlink(r / rel))
+        twin.same(lambda r, p: os.readlink(r / p), rel)
         twin.same_attrs(rel)
     twin.same(lambda r: os.readlink(r / "target"))  # EINVAL
     twin.same(lambda r: (r / "rel").read_bytes())
@@ -597,7 +632,7 @@ def test_files_made_by_another_user_are_theirs(twin: Twin) -> None:
         assert (st.st_uid, st.st_gid) == (NOBODY, NOBODY), rel
     assert stat.S_IMODE(os.lstat(twin.backing / "public/dir").st_mode) == 0o750  # the caller's umask
     # and the owner may remove them again, through the mount as locally
-    twin.same_as_user(lambda r: [os.unlink(r / "public" / n) for n in ("file", "link", "fifo2", "excl")])
+    twin.same_as_user(lambda r: remove(*(r / "public" / n for n in ("file", "link", "fifo2", "excl"))))
     twin.same_as_user(lambda r: os.rmdir(r / "public" / "dir"))
     twin.same(lambda r: os.listdir(r / "public"))
 

@@ -200,3 +200,28 @@ def test_the_share_is_held_by_a_descriptor_so_a_swapped_root_path_is_not_followe
 def test_mapping_at_root_cannot_be_combined(share: Path) -> None:
     with pytest.raises(ValueError):
         BridgeTree([("/", str(share)), ("/x", str(share))])
+
+
+def test_a_reopen_checks_attributes_and_opens_the_share_only_for_reads_that_miss_the_page_cache(
+        share: Path) -> None:
+    async def main() -> None:
+        tree = make_tree(share)
+        d0 = await walk_to(tree, "Users", "me", "d0")
+        f, _ = await tree.lookup(d0, b"f2")
+        fh, _ = await tree.open(f.ino, os.O_RDONLY)  # the first open: opened on the share at once
+        assert await tree.read(fh, 0, 100) == b"0.2"
+        await tree.release(fh)
+        calls = dict(tree.backing.calls)
+        fh, keep = await tree.open(f.ino, os.O_RDONLY)
+        assert keep
+        assert tree.backing.calls["lstat"] == calls["lstat"] + 1, "close-to-open: the attributes are checked"
+        assert tree.backing.calls["open"] == calls["open"], "but nothing is opened on the share yet"
+        await tree.release(fh)  # never read (the page cache served it): nothing to close either
+        assert tree.backing.calls["close"] == calls["close"]
+        fh, _ = await tree.open(f.ino, os.O_RDONLY)
+        assert await tree.read(fh, 0, 100) == b"0.2"  # a read that reaches the daemon opens the file
+        assert tree.backing.calls["open"] == calls["open"] + 1
+        await tree.release(fh)
+        tree.close()
+
+    trio.run(main)

@@ -81,6 +81,17 @@ def lstat_many(dir_path: bytes, names: list[bytes]) -> list[os.stat_result | OSE
     return out
 
 
+def open_dir_path(path: bytes) -> tuple[int, tuple[int, int]]:
+    """An O_PATH descriptor of the directory at `path` (no symlink followed) and its (st_dev, st_ino)."""
+    fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, (st.st_dev, st.st_ino)
+
+
 def errno_of(exc: BaseException) -> int:
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno

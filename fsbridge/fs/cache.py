@@ -5,7 +5,7 @@ Four kinds of facts, each with its own time to live (TTL), all keyed by the back
 
 - attributes:  backing key -> os.stat_result
 - entries:     (parent backing key, name) -> child backing key, or NEGATIVE (the name does not exist)
-- listings:    directory backing key -> tuple of names
+- listings:    directory backing key -> (tuple of names, the directory's (mtime_ns, ctime_ns) when listed)
 - no-xattrs:   (backing key, xattr name) -> True when the file has no such extended attribute (the kernel
                asks for security.capability before every write, and ls -l for ACLs on every file)
 
@@ -158,9 +158,12 @@ class MetadataCache:
         self.config = config
         self.attrs: TTLCache[os.stat_result] = TTLCache("attrs", config.max_attrs, clock=clock)
         self.entries: TTLCache[Any] = TTLCache("entries", config.max_entries, clock=clock)
-        self.listings: TTLCache[tuple[bytes, ...]] = TTLCache(
-            "listings", config.max_listed_names, weigh=lambda names: len(names) + 1, clock=clock)
+        self.listings: TTLCache[tuple[tuple[bytes, ...], Any]] = TTLCache(
+            "listings", config.max_listed_names, weigh=lambda item: len(item[0]) + 1, clock=clock)
         self.no_xattrs: TTLCache[bool] = TTLCache("no_xattrs", config.max_attrs, clock=clock)
+        # how many directory changes were made through the mount so far: an open listing that saw
+        # this number change may hold names that are gone since
+        self.changes = 0
 
     # -- attributes ------------------------------------------------------------------------------------
 
@@ -193,11 +196,17 @@ class MetadataCache:
 
     # -- listings --------------------------------------------------------------------------------------
 
-    def get_listing(self, directory: BackingKey) -> tuple[bytes, ...]:
-        return self.listings.get(directory)
+    def get_listing(self, directory: BackingKey, stamp: Any = None) -> tuple[bytes, ...]:
+        """The names, or MISSING. With `stamp` (the directory's (mtime_ns, ctime_ns) now), a listing taken
+        at another stamp is stale: the directory changed, or its inode number now names a new directory."""
+        item: Any = self.listings.peek(directory)
+        if item is not MISSING and stamp is not None and item[1] is not None and item[1] != stamp:
+            self.listings.pop(directory)
+        item = self.listings.get(directory)
+        return MISSING if item is MISSING else item[0]
 
-    def put_listing(self, directory: BackingKey, names: Iterable[bytes]) -> None:
-        self.listings.put(directory, tuple(names), self.config.dir_ttl)
+    def put_listing(self, directory: BackingKey, names: Iterable[bytes], stamp: Any = None) -> None:
+        self.listings.put(directory, (tuple(names), stamp), self.config.dir_ttl)
 
     def drop_listing(self, directory: BackingKey | None) -> None:
         if directory is not None:
@@ -205,6 +214,7 @@ class MetadataCache:
 
     def directory_changed(self, directory: BackingKey | None) -> None:
         """Something was added to or removed from a directory: its listing and its times are stale."""
+        self.changes += 1
         self.drop_listing(directory)
         self.drop_attr(directory)
 
@@ -232,8 +242,8 @@ class MetadataCache:
         todo = [top]
         while todo:
             directory = todo.pop()
-            names = self.listings.peek(directory)
-            candidates = names if names is not MISSING else ()
+            item = self.listings.peek(directory)
+            candidates = item[0] if item is not MISSING else ()
             for name in candidates:
                 child = self.entries.peek((directory, name))
                 if child is not MISSING and child is not NEGATIVE and child not in keys:

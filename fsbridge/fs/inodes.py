@@ -29,19 +29,24 @@ ROOT_INODE = 1
 BackingKey = tuple[int, int]  # (st_dev, st_ino) of the backing file
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)  # slots: a node per file the kernel knows; 200,000 of them must stay small
 class Node:
     ino: int
     key: BackingKey | None  # None for virtual directories
     root_path: bytes | None = None  # absolute backing path of a mapping root
-    # links of this file: (parent node, name); several for hard links, empty once unlinked
-    links: set[tuple["Node", bytes]] = field(default_factory=set)
+    # links of this file: (parent node, name) -> None, in the order they were last seen to hold (an ordered
+    # set); several for hard links, empty once unlinked
+    links: dict[tuple["Node", bytes], None] = field(default_factory=dict)
     # children of a virtual directory: name -> node (never changes after start)
     virtual_children: dict[bytes, "Node"] | None = None
     # the live links below this directory: name -> node (what the kernel may still ask about)
     kids: dict[bytes, "Node"] = field(default_factory=dict)
     lookups: int = 0
     is_dir: bool = False
+    # an O_PATH descriptor of this directory on the share, or -1: paths below it start at
+    # /proc/self/fd/N, so the share resolves one name per call instead of the whole path
+    fd: int = -1
+    opened: bool = False  # opened through the mount before (its pages may be in the kernel's cache)
 
     @property
     def is_virtual(self) -> bool:
@@ -58,6 +63,7 @@ class InodeTable:
         self._by_ino: dict[int, Node] = {}  # FUSE inode number -> node
         self._by_key: dict[BackingKey, Node] = {}  # backing (st_dev, st_ino) -> node that has links
         self._next_ino = ROOT_INODE + 1
+        self.dropped_fds: list[int] = []  # descriptors of collected directories, for the owner to close
 
     # -- building the fixed part: root, virtual folders, mapping roots ---------------------------------
 
@@ -104,17 +110,25 @@ class InodeTable:
 
     @staticmethod
     def path(node: Node) -> bytes:
-        """The backing path of a node, rebuilt through its first link's parents."""
+        """The backing path of a node, rebuilt through the parents of the link seen last.
+
+        The link seen last is the one most likely to hold: a file renamed on the host keeps its node,
+        and its old name stays among its links until something shows that it is gone.
+        """
         if node.root_path is not None:
             return node.root_path + b"/."  # "/." so that lstat does not stop at the /proc magic link
         parts: list[bytes] = []
         while node.root_path is None:
             if not node.links:
                 raise FileNotFoundError(f"inode {node.ino} has no link left")
-            parent, name = min(node.links, key=lambda link: link[1])
+            parent, name = next(reversed(node.links))
             parts.append(name)
             node = parent
-        parts.append(node.root_path)
+            if node.fd >= 0:
+                parts.append(b"/proc/self/fd/%d" % node.fd)
+                break
+        else:
+            parts.append(node.root_path)
         parts.reverse()
         return b"/".join(parts)
 
@@ -134,12 +148,18 @@ class InodeTable:
 
     # -- changes ---------------------------------------------------------------------------------------
 
-    def link(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
-        """The node for backing file `st` reached as parent/name, created if new (lookup count untouched)."""
+    def link(self, parent: Node, name: bytes, st: os.stat_result, *, made: bool = False) -> Node:
+        """The node for backing file `st` reached as parent/name, created if new (lookup count untouched).
+
+        `made`: st is a file this mount has just created (mkdir, create, mknod, symlink). A node that still
+        holds its key then stands for a removed file whose inode number the backing has already reused,
+        e.g. while the removal's own table update still waits for its turn; it must not be reused.
+        """
         key = (st.st_dev, st.st_ino)
         node = self._by_key.get(key)
-        if node is not None and node.is_dir != stat_mod.S_ISDIR(st.st_mode):
-            # The backing inode number was reused for another kind of file: a new identity.
+        is_dir = stat_mod.S_ISDIR(st.st_mode)
+        if node is not None and (node.is_dir != is_dir or (made and (is_dir or st.st_nlink <= 1))):
+            # The backing inode number was reused for another file: a new identity.
             self._unkey(node)
             node = None
         if node is None:
@@ -152,6 +172,8 @@ class InodeTable:
                 for old in list(node.links):
                     self._drop_link(node, old)
             self._add_link(node, parent, name)
+        elif (parent, name) in node.links:  # seen again: the link to build paths through
+            node.links[(parent, name)] = node.links.pop((parent, name))
         return node
 
     def unlink(self, parent: Node, name: bytes, node: Node) -> None:
@@ -206,11 +228,12 @@ class InodeTable:
             if not previous.links:
                 self._unkey(previous)
             self._collect(previous)
-        node.links.add((parent, name))
+        node.links.pop((parent, name), None)
+        node.links[(parent, name)] = None
         parent.kids[name] = node
 
     def _drop_link(self, node: Node, link: tuple[Node, bytes], collect: bool = True) -> None:
-        node.links.discard(link)
+        node.links.pop(link, None)
         parent, name = link
         if parent.kids.get(name) is node:
             del parent.kids[name]
@@ -227,8 +250,11 @@ class InodeTable:
             if self._by_ino.pop(node.ino, None) is None:
                 continue
             self._unkey(node)
+            if node.fd >= 0:
+                self.dropped_fds.append(node.fd)
+                node.fd = -1
             for parent, name in list(node.links):
-                node.links.discard((parent, name))
+                node.links.pop((parent, name), None)
                 if parent.kids.get(name) is node:
                     del parent.kids[name]
                 todo.append(parent)

@@ -101,23 +101,54 @@ class Caller:
 @dataclass
 class FileHandle:
     node: Node
-    fd: int
+    fd: int  # -1 until the first read of a read-only handle (see BridgeTree.open)
+    path: bytes = b""
+    flags: int = 0
 
 
 @dataclass
 class DirHandle:
     node: Node
-    entries: list[tuple[bytes, Any]] | None = None  # snapshot taken at the first readdir: (name, attrs)
+    # snapshot taken at the first readdir: (name, attrs), attrs None for a name found gone since
+    entries: list[tuple[bytes, Any]] | None = None
+    changes: int = 0  # MetadataCache.changes when the snapshot was last checked
 
 
 Attr = Any  # os.stat_result or VirtualAttr
 ReplyFn = Callable[[bytes, Node, Attr, int], bool]  # (name, node, attrs, next position) -> fits?
 
 
+def _closing_first(fds: list[int], fn: Callable[..., Any], args: tuple[Any, ...]) -> Callable[[], Any]:
+    def run() -> Any:
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        return fn(*args)
+
+    return run
+
+
 def _fresh_errno(e: OSError) -> OSError:
     if e.errno in _SHARE_GONE:
         return OSError(errno.EIO, "the backing share is not reachable")
     return e
+
+
+def _dir_fd_budget() -> int:
+    """How many directory descriptors to hold: half of what the process may open (raised to its hard limit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    limit = soft if soft != resource.RLIM_INFINITY else 1 << 20
+    return max(0, min(limit // 2, 100_000) - 64)
 
 
 class BridgeTree:
@@ -136,6 +167,8 @@ class BridgeTree:
         self._dirs: dict[int, DirHandle] = {}  # FUSE directory handle -> listing snapshot
         self._next_fh = 1
         self._root_fds: list[int] = []
+        self._dir_fds = 0  # O_PATH descriptors held by directory nodes (see _dir_fd)
+        self.max_dir_fds = _dir_fd_budget()
         self.counters: dict[str, int] = {"lookups": 0, "getattrs": 0, "readdirs": 0, "opens": 0}
         self._build(list(roots))
 
@@ -187,9 +220,17 @@ class BridgeTree:
             except OSError:
                 pass
         self._files.clear()
-        for fd in self._root_fds:
-            os.close(fd)
+        for node in self.table.nodes():
+            if node.fd >= 0:
+                self.table.dropped_fds.append(node.fd)
+                node.fd = -1
+        for fd in self._root_fds + self.table.dropped_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
         self._root_fds.clear()
+        self.table.dropped_fds.clear()
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -210,10 +251,35 @@ class BridgeTree:
             raise OSError(errno.EROFS, "the folders above a mapping are read-only")
 
     async def _call(self, op: str, fn: Callable[..., Any], *args: Any, count: int = 1) -> Any:
+        if self.table.dropped_fds:
+            # descriptors of directories the kernel forgot: closed in the worker (on 9p a close may be a
+            # round trip), before the call itself
+            doomed, self.table.dropped_fds = self.table.dropped_fds, []
+            self._dir_fds -= len(doomed)
+            fn, args = _closing_first(doomed, fn, args), ()
         try:
             return await self.backing.run(op, fn, *args, count=count)
         except OSError as e:
             raise _fresh_errno(e) from None
+
+    async def _dir_fd(self, directory: Node) -> None:
+        """Give `directory` an O_PATH descriptor (once), so that calls below it resolve one name only."""
+        if directory.fd >= 0 or directory.root_path is not None or not directory.is_dir or directory.is_virtual:
+            return
+        if self._dir_fds >= self.max_dir_fds or not directory.links:
+            return
+        path = self.table.path(directory)
+        try:
+            fd = await self._call("opendir", bk.open_dir_path, path)
+        except OSError:
+            return  # the full path still works; errors surface from the call that needs it
+        st_key = fd[1]
+        if directory.fd >= 0 or st_key != directory.key or self.table.get(directory.ino) is not directory:
+            self.table.dropped_fds.append(fd[0])  # lost a race, or the path names another directory now
+            self._dir_fds += 1
+            return
+        directory.fd = fd[0]
+        self._dir_fds += 1
 
     async def _stat_path(self, path: bytes) -> os.stat_result:
         return await self._call("lstat", os.lstat, path)
@@ -244,7 +310,7 @@ class BridgeTree:
 
     def _fd_of(self, node: Node) -> int | None:
         for fh in self._files.values():
-            if fh.node is node:
+            if fh.node is node and fh.fd >= 0:
                 return fh.fd
         return None
 
@@ -320,11 +386,15 @@ class BridgeTree:
                 child = self.table.link(parent, name, st)
                 self.table.remember(child)
                 return child, st
+        await self._dir_fd(parent)
         path = self.table.path(parent) + b"/" + name
         try:
             st = await self._stat_path(path)
         except FileNotFoundError:
             self.cache.put_negative(parent.key, name)
+            gone = parent.kids.get(name)
+            if gone is not None:  # removed or renamed on the host: paths must not lead through it
+                self.table.unlink(parent, name, gone)
             raise
         self.cache.put_entry(parent.key, name, st)
         child = self.table.link(parent, name, st)
@@ -341,11 +411,15 @@ class BridgeTree:
             raise OSError(errno.ENOENT, "not looked up")
         return child
 
-    def _created(self, parent: Node, name: bytes, st: os.stat_result) -> Node:
+    def _created(self, parent: Node, name: bytes, st: os.stat_result, *, made: bool = True) -> Node:
+        """Record parent/name -> st after mkdir, create, mknod, symlink (made) or link (not made)."""
         assert parent.key is not None
         self.cache.directory_changed(parent.key)
+        if made:  # facts about an earlier file with the same (reused) inode number are not about this one
+            self.cache.drop_listing((st.st_dev, st.st_ino))
+            self.cache.drop_xattrs((st.st_dev, st.st_ino))
         self.cache.put_entry(parent.key, name, st)
-        node = self.table.link(parent, name, st)
+        node = self.table.link(parent, name, st, made=made)
         self.table.remember(node)
         return node
 
@@ -358,6 +432,7 @@ class BridgeTree:
                     make: Callable[[bytes], Any], *, is_link: bool = False) -> tuple[Node, os.stat_result, Any]:
         parent = self.node(parent_ino)
         self._writable_parent(parent)
+        await self._dir_fd(parent)
         path = self.table.path(parent) + b"/" + name
         owner: tuple[int, int] | None = None
         if self.as_root and (caller.uid != 0 or caller.gid != 0):
@@ -414,7 +489,7 @@ class BridgeTree:
         finally:
             self.cache.directory_changed(new_parent.key)
             self.cache.drop_entry(new_parent.key, new_name)
-        return self._created(new_parent, new_name, st), st
+        return self._created(new_parent, new_name, st, made=False), st
 
     async def readlink(self, ino: int) -> bytes:
         node = self.node(ino)
@@ -480,38 +555,62 @@ class BridgeTree:
 
     # -- files -----------------------------------------------------------------------------------------
 
-    def _new_file(self, node: Node, fd: int) -> int:
+    def _new_file(self, node: Node, fd: int, path: bytes = b"", flags: int = 0) -> int:
         fh = self._next_fh
         self._next_fh += 1
-        self._files[fh] = FileHandle(node, fd)
+        self._files[fh] = FileHandle(node, fd, path, flags)
         return fh
 
     async def open(self, ino: int, flags: int) -> tuple[int, bool]:
-        """Open a file; returns (handle, keep_cache). Always revalidates attributes (close-to-open)."""
+        """Open a file; returns (handle, keep_cache).
+
+        Close-to-open consistency: the share's attributes are checked on every open, and the kernel keeps
+        its cached pages only if size and mtime are unchanged. The first open of a file opens it on the
+        share at once (its pages are not cached yet: the reads will need it). A later read-only open only
+        checks the attributes: the backing file is opened at the first read that misses the page cache, so
+        re-reading a file the kernel still caches costs one attribute check and no open or close.
+        """
         self.counters["opens"] += 1
         node = self.node(ino)
         if node.is_virtual:
             raise OSError(errno.EISDIR, "virtual folder")
+        assert node.key is not None
         # O_TRUNC stays: with FUSE's atomic_o_trunc the kernel leaves the truncation to the open itself
         flags = (flags & ~(os.O_CREAT | os.O_EXCL | os.O_NOCTTY)) | os.O_NOFOLLOW | os.O_CLOEXEC
+        lazy = (flags & os.O_ACCMODE) == os.O_RDONLY and not flags & os.O_TRUNC and node.opened
+        node.opened = True
+        await self._dir_fd(self._parent_of(node))
         path = self.table.path(node)
-
-        def run() -> tuple[int, os.stat_result]:
-            fd = os.open(path, flags)
-            try:
-                return fd, os.fstat(fd)
-            except BaseException:
-                os.close(fd)
-                raise
-
-        fd, st = await self._call("open", run)
-        assert node.key is not None
         before = self.cache.attrs.peek(node.key)
+        if lazy:
+            st = await self._stat_path(path)
+            fd = -1
+        else:
+            def run() -> tuple[int, os.stat_result]:
+                fd = os.open(path, flags)
+                try:
+                    return fd, os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+
+            fd, st = await self._call("open", run)
+        if (st.st_dev, st.st_ino) != node.key:
+            if fd >= 0:
+                await self._call("close", os.close, fd)
+            raise OSError(errno.ESTALE, "replaced on the share")
         unchanged = (before is not MISSING and before.st_size == st.st_size
                      and before.st_mtime_ns == st.st_mtime_ns)
-        if (st.st_dev, st.st_ino) == node.key:
-            self.cache.put_attr(st)
-        return self._new_file(node, fd), unchanged
+        self.cache.put_attr(st)
+        fh = self._new_file(node, fd, path, flags)
+        if not unchanged:
+            # keep_cache=False only drops the kernel's pages; it still believes its old size (from a lookup,
+            # or from a short read) and would cut reads there: make it fetch the fresh attributes
+            await self.kernel.invalidate_inode(node.ino)
+        return fh, unchanged
+
+    def _parent_of(self, node: Node) -> Node:
+        return next(reversed(node.links))[0] if node.links else node
 
     def _handle(self, fh: int) -> FileHandle:
         handle = self._files.get(fh)
@@ -519,14 +618,38 @@ class BridgeTree:
             raise OSError(errno.EBADF, "unknown file handle")
         return handle
 
+    async def _backing_fd(self, handle: FileHandle) -> int:
+        """The handle's descriptor on the share, opened now if the open was deferred."""
+        if handle.fd < 0:
+            flags = handle.flags
+
+            def run() -> tuple[int, os.stat_result]:
+                fd = os.open(handle.path, flags)
+                try:
+                    return fd, os.fstat(fd)
+                except BaseException:
+                    os.close(fd)
+                    raise
+
+            fd, st = await self._call("open", run)
+            if handle.fd >= 0 or (st.st_dev, st.st_ino) != handle.node.key:
+                await self._call("close", os.close, fd)
+                if handle.fd < 0:
+                    raise OSError(errno.ESTALE, "replaced on the share since it was opened")
+            else:
+                handle.fd = fd
+        return handle.fd
+
     async def read(self, fh: int, offset: int, size: int) -> bytes:
         handle = self._handle(fh)
-        return await self._call("read", os.pread, handle.fd, size, offset)
+        fd = await self._backing_fd(handle)
+        return await self._call("read", os.pread, fd, size, offset)
 
     async def write(self, fh: int, offset: int, data: bytes) -> int:
         handle = self._handle(fh)
+        fd = await self._backing_fd(handle)
         try:
-            return await self._call("write", os.pwrite, handle.fd, data, offset)
+            return await self._call("write", os.pwrite, fd, data, offset)
         finally:
             self.cache.drop_attr(handle.node.key)
 
@@ -535,11 +658,12 @@ class BridgeTree:
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         handle = self._handle(fh)
-        await self._call("fsync", os.fdatasync if datasync else os.fsync, handle.fd)
+        if handle.fd >= 0:  # a handle that never reached the share has nothing to sync
+            await self._call("fsync", os.fdatasync if datasync else os.fsync, handle.fd)
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh, None)
-        if handle is not None:
+        if handle is not None and handle.fd >= 0:
             await self.backing.run("close", os.close, handle.fd)
 
     # -- directories -----------------------------------------------------------------------------------
@@ -560,17 +684,31 @@ class BridgeTree:
         """Send entries from position `start` of the handle's snapshot through `reply` until it says full.
 
         Positions index a snapshot taken once per open directory handle, so a directory that changes
-        while it is being listed never makes an entry skip or repeat within that listing.
+        while it is being listed never makes an entry skip or repeat within that listing. The kernel
+        releases the directory between two readdir calls: if anything changed through the mount in
+        between, the names not sent yet are checked again, because a name sent with the attributes of
+        a file removed since would come back to life in the kernel's dentry cache (and in our table).
         """
         handle = self._dirs.get(fh)
         if handle is None:
             raise OSError(errno.EBADF, "unknown directory handle")
         if handle.entries is None or start == 0:
             self.counters["readdirs"] += 1
+            handle.changes = self.cache.changes
             handle.entries = await self._list(handle.node)
+        elif handle.changes != self.cache.changes and not handle.node.is_virtual:
+            handle.changes = self.cache.changes
+            rest = [name for name, attr in handle.entries[start:] if attr is not None]
+            try:
+                fresh = await self._attrs_of(handle.node, self.table.path(handle.node), rest)
+            except FileNotFoundError:  # the directory itself was removed: so were its names
+                fresh = {}
+            handle.entries[start:] = [(name, fresh.get(name)) for name, _ in handle.entries[start:]]
         directory = handle.node
         for index in range(start, len(handle.entries)):
             name, attr = handle.entries[index]
+            if attr is None:
+                continue
             if directory.is_virtual:
                 assert directory.virtual_children is not None
                 child = directory.virtual_children[name]
@@ -589,11 +727,22 @@ class BridgeTree:
                 out.append((name, await self.getattr(child.ino)))
             return out
         assert directory.key is not None
+        await self._dir_fd(directory)
         path = self.table.path(directory)
-        names = self.cache.get_listing(directory.key)
+        # A cached listing counts only while the directory's times are those it was listed at: inode
+        # numbers are reused, and a new directory must never show the names of a removed one.
+        known = self.cache.attrs.peek(directory.key)
+        stamp = None if known is MISSING else (known.st_mtime_ns, known.st_ctime_ns)
+        names = self.cache.get_listing(directory.key, stamp)
         if names is MISSING:
             names = tuple(await self._call("readdir", bk.scandir_names, path))
-            self.cache.put_listing(directory.key, names)
+            self.cache.put_listing(directory.key, names, stamp)
+        attrs = await self._attrs_of(directory, path, names)
+        return [(name, attrs[name]) for name in names if name in attrs]
+
+    async def _attrs_of(self, directory: Node, path: bytes, names: Iterable[bytes]) -> dict[bytes, Attr]:
+        """The attributes of names in a directory: cached where known, the rest fetched; gone names left out."""
+        assert directory.key is not None
         attrs: dict[bytes, Attr] = {}
         missing: list[bytes] = []
         for name in names:
@@ -605,7 +754,7 @@ class BridgeTree:
                 attrs[name] = st
         if missing:
             await self._fetch_attrs(directory, path, missing, attrs)
-        return [(name, attrs[name]) for name in names if name in attrs]
+        return attrs
 
     async def _fetch_attrs(self, directory: Node, path: bytes, names: list[bytes],
                            out: dict[bytes, Attr]) -> None:

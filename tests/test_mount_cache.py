@@ -143,3 +143,15 @@ def test_stats_command_reports_hits_and_backing_calls(bridge: tuple[Path, Path, 
     assert not_ours.returncode == 1
     assert "not on an fsbridge mount" in not_ours.stderr
     assert "Traceback" not in not_ours.stderr
+
+
+def test_inode_numbers_are_the_backings_and_survive_the_kernel_forgetting(bridge: tuple[Path, Path, Mounted]) -> None:
+    """git keeps st_ino in its index: a number that changed after the kernel dropped its caches would
+    make it re-read every file."""
+    backing, view, m = bridge
+    make_tree(backing, dirs=2, files=3)
+    before = {p: os.lstat(view / p.relative_to(backing)).st_ino for p in backing.rglob("*")}
+    assert before == {p: os.lstat(p).st_ino for p in before}
+    with open("/proc/sys/vm/drop_caches", "w") as f:  # the kernel forgets, and the daemon with it
+        f.write("2\n")
+    assert {p: os.lstat(view / p.relative_to(backing)).st_ino for p in before} == before

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ROOT_INODE = 1
 
 BackingKey = tuple[int, int]  # (st_dev, st_ino) of the backing file
+_COUNTER_START = 1 << 63
 
 
 @dataclass(eq=False, slots=True)  # slots: a node per file the kernel knows; 200,000 of them must stay small
@@ -62,7 +63,8 @@ class InodeTable:
     def __init__(self) -> None:
         self._by_ino: dict[int, Node] = {}  # FUSE inode number -> node
         self._by_key: dict[BackingKey, Node] = {}  # backing (st_dev, st_ino) -> node that has links
-        self._next_ino = ROOT_INODE + 1
+        self._next_ino = _COUNTER_START  # for virtual folders and numbers that are taken
+        self._devices: dict[int, int] = {}  # backing st_dev -> its index in the FUSE inode numbers
         self.dropped_fds: list[int] = []  # descriptors of collected directories, for the owner to close
 
     # -- building the fixed part: root, virtual folders, mapping roots ---------------------------------
@@ -163,7 +165,7 @@ class InodeTable:
             self._unkey(node)
             node = None
         if node is None:
-            node = Node(self._new_ino(), key, is_dir=stat_mod.S_ISDIR(st.st_mode))
+            node = Node(self._new_ino(key), key, is_dir=stat_mod.S_ISDIR(st.st_mode))
             self._by_ino[node.ino] = node
             self._by_key[key] = node
         if node.root_path is None and parent.kids.get(name) is not node:
@@ -211,7 +213,21 @@ class InodeTable:
 
     # -- internals -------------------------------------------------------------------------------------
 
-    def _new_ino(self) -> int:
+    def _new_ino(self, key: BackingKey | None = None) -> int:
+        """The FUSE inode number for a new node: the backing inode number where it is free.
+
+        Stable numbers matter: git keeps st_ino in its index and re-reads every file whose number
+        changed, and the kernel forgets and re-learns inodes all the time. The first backing device
+        keeps its numbers as they are; others are spread into the high bits. A number already taken (a
+        reused backing number while the old file is still open, or a clash) gets one from a counter that
+        starts at 2**63, where backing numbers do not reach.
+        """
+        if key is not None:
+            dev, number = key
+            index = self._devices.setdefault(dev, len(self._devices))
+            candidate = number ^ (index << 56) if index else number
+            if ROOT_INODE < candidate < _COUNTER_START and candidate not in self._by_ino:
+                return candidate
         ino = self._next_ino
         self._next_ino += 1
         return ino

@@ -28,17 +28,7 @@ FUSE_DEVICE = "/dev/fuse"
 
 def _mount_entries(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str, str]]:
     """(mount point, fstype, source) for every mount, with octal escapes decoded."""
-    out = []
-    try:
-        with open(mountinfo, "rb") as f:
-            for line in f:
-                fields = line.split()
-                sep = fields.index(b"-")
-                point = fields[4].decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
-                out.append((point, fields[sep + 1].decode(), fields[sep + 2].decode(errors="replace")))
-    except OSError:
-        pass
-    return out
+    return [(point, fstype, source) for point, fstype, source, _ in _mount_devices(mountinfo)]
 
 
 def mount_type(path: str) -> str | None:
@@ -78,7 +68,53 @@ def check_mountpoint(mountpoint: str) -> str:
     return path
 
 
-def serve_forever(ops: object, mountpoint: str, *, fsname: str, max_tasks: int = 64) -> None:
+# The kernel reads ahead 128 KiB on a FUSE mount: one or two requests in flight, so each round trip to
+# the share stalls a sequential reader. 1 MiB keeps several in flight (measured over the 9p-like
+# emulator: 220 MiB/s at 128 KiB, 315 MiB/s at 1 MiB, the share's own speed).
+READ_AHEAD_KIB = 1024
+
+
+def set_read_ahead(mountpoint: str, kib: int) -> None:
+    """Set the kernel's read-ahead for the mount (its backing device info); needs root, else skipped."""
+    device = None
+    for point, _, _, dev in _mount_devices():
+        if point == mountpoint:  # already absolute and real: a lstat here would wait on our own loop
+            device = dev  # the last one is the one on top
+    if device is None:
+        return
+    try:
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb", "w") as f:
+            f.write(f"{kib}\n")
+    except OSError as e:
+        log.info("read-ahead left at the kernel's default: %s", e)
+
+
+async def _set_read_ahead_after_init(mountpoint: str, kib: int) -> None:
+    """The kernel sets the read-ahead from its INIT exchange with the daemon, so ours comes after it."""
+    import trio
+
+    await trio.sleep(0.3)
+    await trio.to_thread.run_sync(set_read_ahead, mountpoint, kib)
+
+
+def _mount_devices(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str, str, str]]:
+    """(mount point, fstype, source, major:minor) for every mount."""
+    out = []
+    try:
+        with open(mountinfo, "rb") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index(b"-")
+                point = fields[4].decode("unicode_escape").encode("latin-1").decode(errors="surrogateescape")
+                out.append((point, fields[sep + 1].decode(), fields[sep + 2].decode(errors="replace"),
+                            fields[2].decode()))
+    except OSError:
+        pass
+    return out
+
+
+def serve_forever(ops: object, mountpoint: str, *, fsname: str, max_tasks: int = 64,
+                  read_ahead_kib: int = 0) -> None:
     """Mount and serve until unmounted or signalled (runs in the foreground)."""
     import pyfuse3
     import trio
@@ -88,6 +124,7 @@ def serve_forever(ops: object, mountpoint: str, *, fsname: str, max_tasks: int =
     if os.geteuid() == 0:
         options.add("allow_other")
     os.umask(0)  # the kernel applied the caller's umask already
+    real_mountpoint = os.path.realpath(mountpoint)  # before mounting: afterwards a lstat would need our loop
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as e:
@@ -96,6 +133,8 @@ def serve_forever(ops: object, mountpoint: str, *, fsname: str, max_tasks: int =
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
+            if read_ahead_kib:
+                nursery.start_soon(_set_read_ahead_after_init, real_mountpoint, read_ahead_kib)
             await pyfuse3.main(min_tasks=4, max_tasks=max_tasks)
             nursery.cancel_scope.cancel()
 
@@ -194,7 +233,7 @@ def mount_bridge(mountpoint: str, roots: list[tuple[str, str]], *, cache: object
     assert isinstance(cache, CacheConfig)
     tree = BridgeTree(roots, cache=cache, backing=Backing(threads), kernel=KernelInvalidator())
     try:
-        serve_forever(BridgeOperations(tree), mountpoint, fsname="fsbridge")
+        serve_forever(BridgeOperations(tree), mountpoint, fsname="fsbridge", read_ahead_kib=READ_AHEAD_KIB)
     finally:
         tree.close()
 

@@ -119,6 +119,8 @@ class InodeTable:
         """
         if node.root_path is not None:
             return node.root_path + b"/."  # "/." so that lstat does not stop at the /proc magic link
+        if node.fd >= 0:
+            return b"/proc/self/fd/%d/." % node.fd  # a directory we hold: no lookup on the share at all
         parts: list[bytes] = []
         while node.root_path is None:
             if not node.links:

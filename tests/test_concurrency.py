@@ -62,7 +62,7 @@ for i in range(rounds):
             continue
         os.write(fd, f"{me} {i}".encode())
         os.close(fd)
-        claimed.append(slot)
+        claimed.append([slot, i])
         slot += 1
         break
 os.close(log)
@@ -134,12 +134,12 @@ def test_workers_in_one_tree_lose_nothing(bridge: tuple[Path, Path, Mounted], tm
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(view), str(me), str(ROUNDS)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for me in range(WORKERS)]
-    claimed: dict[int, list[int]] = {}
+    counter: dict[int, str] = {}  # slot -> what its worker wrote there, as the workers report it
     try:
         for me, proc in enumerate(workers):
             out, err = proc.communicate(timeout=120)
             assert proc.returncode == 0, f"worker {me} failed:\n{err}"
-            claimed[me] = json.loads(out)
+            counter.update({slot: f"{me} {i}" for slot, i in json.loads(out)})
     finally:
         stop.touch()
         for proc in workers:
@@ -158,12 +158,12 @@ def test_workers_in_one_tree_lose_nothing(bridge: tuple[Path, Path, Mounted], tm
         # every appended line, whole, exactly once
         lines = (root / "shared.log").read_bytes().decode().splitlines()
         assert sorted(lines) == sorted(f"{me} {i} {'x' * (i % 50)}" for me in range(WORKERS) for i in range(ROUNDS))
-        # the counter: slots 0..N-1, each claimed by exactly one worker, as that worker believes
+        # the counter: slots 0..N-1, each claimed by exactly one worker and holding what it wrote
+        assert sorted(counter) == list(range(WORKERS * ROUNDS))
         slots = {int(name): (root / "counter" / name).read_text() for name in os.listdir(root / "counter")}
-        assert sorted(slots) == list(range(WORKERS * ROUNDS)), root
-        owners = {slot: int(text.split()[0]) for slot, text in slots.items()}
-        for me, mine in claimed.items():
-            assert sorted(s for s, owner in owners.items() if owner == me) == sorted(mine), (root, me)
+        wrong = {slot: (slots.get(slot), text, (backing / "counter" / str(slot)).read_text())
+                 for slot, text in counter.items() if slots.get(slot) != text}
+        assert not wrong and len(slots) == len(counter), f"{root}: slot: (found, written, on the backing) {wrong}"
     problems = diff_snapshots(snapshot(backing), snapshot(view))
     assert not problems, "\n".join(problems)
 

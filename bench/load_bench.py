@@ -6,6 +6,8 @@ Variants, run interleaved (A B C D, A B C D, …) so that drift on the machine h
 
 - floor:        read the archive and compute its sha256 (what any loader must do at least)
 - sink:         curl sends the archive over a unix socket to a server that discards it
+- write:        copy the archive into a file beside the store and fsync it (what storing the blobs costs
+                on this disk, however the bytes arrive)
 - path:         `fsbridge load` (path reference; the server reads the file itself)
 - upload:       `fsbridge load --upload` (the bytes travel over the unix socket)
 
@@ -111,6 +113,22 @@ def floor(path: Path) -> float:
             "    while b:=f.read(1<<20): h.update(b)\n"
             "print(time.perf_counter()-t)")
     out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    return float(out.stdout)
+
+
+def write_floor(path: Path, dest_dir: Path) -> float:
+    """Copy the archive into dest_dir and fsync it: the disk's cost of storing that many bytes."""
+    code = ("import os,sys,time\nt=time.perf_counter()\n"
+            "with open(sys.argv[1],'rb',buffering=0) as f, open(sys.argv[2],'wb',buffering=0) as o:\n"
+            "    while b:=f.read(1<<20): o.write(b)\n"
+            "    os.fsync(o.fileno())\n"
+            "print(time.perf_counter()-t)")
+    dest = dest_dir / "write-floor.tmp"
+    try:
+        out = subprocess.run([sys.executable, "-c", code, str(path), str(dest)], capture_output=True, text=True,
+                             check=True)
+    finally:
+        dest.unlink(missing_ok=True)
     return float(out.stdout)
 
 
@@ -232,12 +250,13 @@ def main() -> int:
             subprocess.run([FSBRIDGE, "rmi", "localhost/bench:large"], env=env, capture_output=True)
 
         floor(archive)  # warm-up: the archive is in the page cache for every variant
-        runs: dict[str, list[float]] = {"floor": [], "sink": [], "path": [], "upload": []}
+        runs: dict[str, list[float]] = {"floor": [], "write": [], "sink": [], "path": [], "upload": []}
         client_rss: list[int] = []
         vias: dict[str, set] = {"path": set(), "upload": set()}
         for i in range(args.repeat):
             print(f"round {i + 1}/{args.repeat}", file=sys.stderr)
             runs["floor"].append(floor(archive))
+            runs["write"].append(write_floor(archive, work))
             runs["sink"].append(sink_time(archive, sink.path))
             empty_store()
             t, result, rss = timed_load(archive, env, upload=False)
@@ -254,6 +273,7 @@ def main() -> int:
         med = {k: statistics.median(v) for k, v in runs.items()}
         path_ratio = med["path"] / med["floor"]
         upload_ratio = med["upload"] / (med["sink"] + med["floor"])
+        write_bound = max(med["floor"], med["write"])
         results = {
             "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(),
@@ -261,7 +281,9 @@ def main() -> int:
             "repeat": args.repeat,
             "runs": {k: summarize(v) for k, v in runs.items()},
             "via": {k: sorted(v) for k, v in vias.items()},
-            "ratios": {"path/floor": path_ratio, "upload/(sink+floor)": upload_ratio},
+            "ratios": {"path/floor": path_ratio, "upload/(sink+floor)": upload_ratio,
+                       "path/max(floor,write)": med["path"] / write_bound,
+                       "upload/(sink+max(floor,write))": med["upload"] / (med["sink"] + write_bound)},
             "peak_rss_mib": {"server": server_rss / 1024, "client_max": max(client_rss) / 1024},
             "command": " ".join([os.path.relpath(sys.executable), "bench/load_bench.py", f"--size-mib {args.size_mib}",
                                  f"--repeat {args.repeat}"]),
@@ -286,10 +308,13 @@ def main() -> int:
             "| --- | ---: | --- |",
             f"| path ≤ 1.3 × floor | {path_ratio:.2f} × | {ok(path_ratio <= 1.3)} |",
             f"| upload ≤ 1.3 × (sink + floor) | {upload_ratio:.2f} × | {ok(upload_ratio <= 1.3)} |",
+            f"| (context) path / max(floor, write) | {med['path'] / write_bound:.2f} × | |",
+            f"| (context) upload / (sink + max(floor, write)) | {med['upload'] / (med['sink'] + write_bound):.2f} × | |",
             f"| server peak RSS < 200 MiB | {server_rss / 1024:.0f} MiB | {ok(server_rss / 1024 < 200)} |",
             f"| client peak RSS < 200 MiB | {max(client_rss) / 1024:.0f} MiB | {ok(max(client_rss) / 1024 < 200)} |",
             "",
-            "floor: read + sha256 of the archive (page cache warm); sink: curl -T to a discarding unix-socket "
+            "floor: read + sha256 of the archive (page cache warm); write: copy of the archive onto the store's disk "
+            "with fsync; sink: curl -T to a discarding unix-socket "
             "server; path: `fsbridge load` (client xxh3 pass + server read, sha256, xxh3, blob writes with fsync); "
             "upload: `fsbridge load --upload`. The store is emptied between runs (untimed).",
         ]

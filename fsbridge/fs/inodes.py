@@ -136,6 +136,23 @@ class InodeTable:
         parts.reverse()
         return b"/".join(parts)
 
+    @classmethod
+    def child_path(cls, parent: Node, name: bytes) -> bytes:
+        """The backing path of `name` in the directory `parent`.
+
+        Joined to the held descriptor itself, not to its "/." form: on the share every "." is one more
+        component to walk (a permission check, so one more round trip where attributes are not cached)."""
+        return cls.dir_prefix(parent) + b"/" + name
+
+    @classmethod
+    def dir_prefix(cls, directory: Node) -> bytes:
+        """What the names in `directory` are joined to: its descriptor's /proc path, or its full path."""
+        if directory.root_path is not None:
+            return directory.root_path
+        if directory.fd >= 0:
+            return b"/proc/self/fd/%d" % directory.fd
+        return cls.path(directory)
+
     def is_under(self, node: Node, ancestor: Node) -> bool:
         """Whether node is ancestor or lies below it (through any of its links)."""
         seen: set[int] = set()

@@ -387,7 +387,7 @@ class BridgeTree:
                 self.table.remember(child)
                 return child, st
         await self._dir_fd(parent)
-        path = self.table.path(parent) + b"/" + name
+        path = self.table.child_path(parent, name)
         try:
             st = await self._stat_path(path)
         except FileNotFoundError:
@@ -433,7 +433,7 @@ class BridgeTree:
         parent = self.node(parent_ino)
         self._writable_parent(parent)
         await self._dir_fd(parent)
-        path = self.table.path(parent) + b"/" + name
+        path = self.table.child_path(parent, name)
         owner: tuple[int, int] | None = None
         if self.as_root and (caller.uid != 0 or caller.gid != 0):
             owner = self._owner_for(await self.getattr(parent_ino), caller)
@@ -478,7 +478,7 @@ class BridgeTree:
         if node.is_virtual:
             raise OSError(errno.EPERM, "virtual folder")
         src = self.table.path(node)
-        dst = self.table.path(new_parent) + b"/" + new_name
+        dst = self.table.child_path(new_parent, new_name)
 
         def run() -> os.stat_result:
             os.link(src, dst, follow_symlinks=False)
@@ -500,7 +500,7 @@ class BridgeTree:
     async def _remove(self, op: str, parent_ino: int, name: bytes, fn: Callable[[bytes], None]) -> None:
         parent = self.node(parent_ino)
         self._writable_parent(parent)
-        path = self.table.path(parent) + b"/" + name
+        path = self.table.child_path(parent, name)
         child = parent.kids.get(name)
         try:
             await self._call(op, fn, path)
@@ -527,8 +527,8 @@ class BridgeTree:
         new_parent = self.node(new_parent_ino)
         self._writable_parent(old_parent)
         self._writable_parent(new_parent)
-        src = self.table.path(old_parent) + b"/" + old_name
-        dst = self.table.path(new_parent) + b"/" + new_name
+        src = self.table.child_path(old_parent, old_name)
+        dst = self.table.child_path(new_parent, new_name)
         moved = old_parent.kids.get(old_name)
         target = new_parent.kids.get(new_name)
         try:
@@ -700,7 +700,7 @@ class BridgeTree:
             handle.changes = self.cache.changes
             rest = [name for name, attr in handle.entries[start:] if attr is not None]
             try:
-                fresh = await self._attrs_of(handle.node, self.table.path(handle.node), rest)
+                fresh = await self._attrs_of(handle.node, self.table.dir_prefix(handle.node), rest)
             except FileNotFoundError:  # the directory itself was removed: so were its names
                 fresh = {}
             handle.entries[start:] = [(name, fresh.get(name)) for name, _ in handle.entries[start:]]
@@ -737,7 +737,7 @@ class BridgeTree:
         if names is MISSING:
             names = tuple(await self._call("readdir", bk.scandir_names, path))
             self.cache.put_listing(directory.key, names, stamp)
-        attrs = await self._attrs_of(directory, path, names)
+        attrs = await self._attrs_of(directory, self.table.dir_prefix(directory), names)
         return [(name, attrs[name]) for name in names if name in attrs]
 
     async def _attrs_of(self, directory: Node, path: bytes, names: Iterable[bytes]) -> dict[bytes, Attr]:

@@ -556,8 +556,11 @@ def check_store_command(store: str) -> None:
 @click.option("--warmup", type=click.IntRange(min=0), metavar="N",
               help="Uncounted warm-up rounds (all scenarios).")
 @click.option("--share", default="emulate:9p-virtio", show_default=True, metavar="SPEC",
-              help="The slow share: emulate:PROFILE[,latency-us=N,bandwidth-mib=N] (fsbridge emulate) or "
-                   "path:/mnt/9p (a real share; the fixtures are copied into a temporary folder on it).")
+              help="The slow share: emulate:PROFILE[,latency-us=N,bandwidth-mib=N] (fsbridge emulate), "
+                   "path:/mnt/9p (a real share; the fixtures are copied into a temporary folder on it), or "
+                   "qemu-9p:MODE / qemu-virtiofs[:MODE] (a real VM boundary: a throw-away qemu guest whose "
+                   "9p mount uses cache MODE none|loose|mmap|fscache, or virtiofs none|auto|always; "
+                   ",memory-mb=N sizes the guest).")
 @click.option("--set", "sets", multiple=True, metavar="SCENARIO.KEY=VALUE",
               help="Change a scenario's parameter or setting (runs, warmup, drop_caches, run_timeout_s, "
                    "time_bound_s); a comma list sweeps. Repeatable.")
@@ -588,6 +591,7 @@ def bench_command(ctx: click.Context, names: tuple[str, ...], out: str | None, q
       fsbridge bench metadata-walk git-status --runs 5 --out /tmp/b
       fsbridge bench --share emulate:wsl2-drvfs       # another share model
       fsbridge bench --share path:/mnt/9p             # a real share
+      fsbridge bench metadata-walk load-image --share qemu-9p:none   # across a real qemu guest
       fsbridge bench load-image --set load-image.size_mib=4096
       fsbridge bench metadata-walk --set metadata-walk.files=1000,10000,100000 \\
                      --set metadata-walk.time_bound_s=3600

@@ -92,7 +92,7 @@ def run_in_guest(
     shares: Sequence[Share | str] = (),
     *,
     cache: str = "none",
-    forward: tuple[int, int] | None = None,
+    forward: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
     network: bool = False,
     deadline_s: float = 300.0,
     env: dict[str, str] | None = None,
@@ -102,16 +102,19 @@ def run_in_guest(
     memory_mb: int = 1024,
     cpus: int = 2,
     while_running: Callable[[], None] | None = None,
+    on_ready: Callable[[str, float, list[str]], None] | None = None,
     assets: GuestAssets | None = None,
 ) -> GuestRun:
     """Boot a guest, run `command` (a shell string, or argv) as root in it, return its status and output.
 
     shares: host folders (a path = a 9p share at the same path). cache: the 9p cache mode for shares that
-    do not name one. forward: (host_port, guest_port), TCP on 127.0.0.1 (implies network). deadline_s: for
+    do not name one. forward: (host_port, guest_port), or a list of them: TCP on the host's 127.0.0.1 to the
+    guest (implies network; the guest is isolated otherwise: it reaches nothing outside). deadline_s: for
     the whole run, boot included; past it the guest is killed and GuestTimeout raised. accel: "kvm",
     "tcg" or None (auto; the environment variable FSBRIDGE_GUEST_ACCEL overrides). while_running: called
     about every 50 ms while the command runs, to play the host's part (e.g. change a shared file when the
-    guest asks for it); an exception from it ends the run.
+    guest asks for it); an exception from it ends the run. on_ready: called once the guest has booted,
+    with the accelerator, the boot time and the notes on why KVM was not used.
     """
     started = time.monotonic()
     deadline = started + deadline_s
@@ -123,6 +126,7 @@ def run_in_guest(
             raise GuestError(f"share {s.host_path} is not a folder")
         if s.kind not in ("9p", "virtiofs"):
             raise GuestError(f"share {s.host_path}: unknown kind {s.kind!r} (9p or virtiofs)")
+    forwards = _forwards(forward)
     assets = assets or ensure_guest_assets()
     if any(s.kind == "virtiofs" for s in shares) and not assets.virtiofsd:
         raise GuestUnavailable("virtiofs share requested, but /usr/lib/qemu/virtiofsd is missing")
@@ -136,11 +140,11 @@ def run_in_guest(
     try:
         ctl = tmp / "ctl"
         ctl.mkdir()
-        _write_control(ctl, command_line, shares, cache, env or {}, cwd, network or forward is not None)
+        _write_control(ctl, command_line, shares, cache, env or {}, cwd, network or bool(forwards))
         vhost = _start_virtiofsd(assets, shares, tmp, children, deadline)
         notes: list[str] = []
         for mode in _accelerators(accel, assets, notes):
-            argv = _qemu_argv(assets, mode, shares, vhost, ctl, forward, network, memory_mb, cpus)
+            argv = _qemu_argv(assets, mode, shares, vhost, ctl, forwards, network, memory_mb, cpus)
             console = tmp / f"console-{mode}.log"
             qemu_log = tmp / f"qemu-{mode}.log"
             boot_started = time.monotonic()
@@ -168,6 +172,8 @@ def run_in_guest(
             raise GuestError("no accelerator left to try: " + "; ".join(notes))
 
         ready_at = time.monotonic()
+        if on_ready is not None:
+            on_ready(mode, boot_s, list(notes))
         state = _wait_for(qemu, console, deadline, (EXIT,), while_running=while_running)
         exited_at = time.monotonic()
         command_s = exited_at - ready_at
@@ -227,7 +233,7 @@ def _tag(i: int) -> str:
 
 
 def _qemu_argv(assets: GuestAssets, mode: str, shares: list[Share], vhost: dict[int, Path], ctl: Path,
-               forward: tuple[int, int] | None, network: bool, memory_mb: int, cpus: int) -> list[str]:
+               forwards: list[tuple[int, int]], network: bool, memory_mb: int, cpus: int) -> list[str]:
     security = "passthrough" if os.geteuid() == 0 else "none"
     argv = [assets.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-M", "q35", "-m", str(memory_mb), "-smp", str(cpus),
@@ -249,13 +255,21 @@ def _qemu_argv(assets: GuestAssets, mode: str, shares: list[Share], vhost: dict[
         for i, sock in vhost.items():
             argv += ["-chardev", f"socket,id=vfs{i},path={sock}",
                      "-device", f"vhost-user-fs-pci,chardev=vfs{i},tag={_tag(i)}"]
-    if network or forward is not None:
-        netdev = "user,id=n0"
-        if forward is not None:
-            host_port, guest_port = forward
+    if network or forwards:
+        # restrict=on: the guest reaches nothing outside qemu's user-mode network; forwards still work
+        netdev = "user,id=n0,restrict=on"
+        for host_port, guest_port in forwards:
             netdev += f",hostfwd=tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}"
         argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
     return argv
+
+
+def _forwards(forward: tuple[int, int] | Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    if forward is None:
+        return []
+    if len(forward) == 2 and all(isinstance(p, int) for p in forward):
+        return [(int(forward[0]), int(forward[1]))]  # type: ignore[arg-type]
+    return [(int(h), int(g)) for h, g in forward]  # type: ignore[misc]
 
 
 def _virtfs(tag: str, path: str, *, readonly: bool, security: str, extra: str = "") -> list[str]:
@@ -430,19 +444,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--share", action="append", default=[], metavar="DIR", help="a host folder (9p)")
     parser.add_argument("--virtiofs", action="append", default=[], metavar="DIR", help="a host folder (virtiofs)")
     parser.add_argument("--cache", default="none", choices=CACHE_MODES_9P, help="9p cache mode")
-    parser.add_argument("--forward", metavar="HOSTPORT:GUESTPORT", help="forward a TCP port into the guest")
+    parser.add_argument("--virtiofs-cache", default="auto", choices=("none", "auto", "always"),
+                        help="virtiofs cache mode")
+    parser.add_argument("--forward", action="append", default=[], metavar="HOSTPORT:GUESTPORT",
+                        help="forward a TCP port of the host's 127.0.0.1 into the guest (repeatable)")
+    parser.add_argument("--memory-mb", type=int, default=1024, metavar="N")
     parser.add_argument("--deadline", type=float, default=300.0, metavar="S")
     parser.add_argument("--accel", choices=("kvm", "tcg"))
     parser.add_argument("command", nargs="+")
     args = parser.parse_args(argv)
-    forward = None
-    if args.forward:
-        host_port, _, guest_port = args.forward.partition(":")
-        forward = (int(host_port), int(guest_port))
-    shares = [Share(d) for d in args.share] + [Share(d, kind="virtiofs") for d in args.virtiofs]
+    forwards = []
+    for item in args.forward:
+        host_port, _, guest_port = item.partition(":")
+        try:
+            forwards.append((int(host_port), int(guest_port)))
+        except ValueError:
+            parser.error(f"--forward {item}: expected HOSTPORT:GUESTPORT")
+    shares = [Share(d) for d in args.share] + [Share(d, kind="virtiofs", cache=args.virtiofs_cache)
+                                               for d in args.virtiofs]
+    def booted(accel: str, boot_s: float, notes: list[str]) -> None:
+        why = f" ({'; '.join(notes)})" if notes else ""
+        print(f"guest: booted ({accel}) in {boot_s:.1f} s{why}", file=sys.stderr, flush=True)
+
+    def terminated(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # so that run_in_guest's cleanup runs (qemu, virtiofsd, the temporary folder)
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
-        run = run_in_guest(args.command, shares, cache=args.cache, forward=forward, deadline_s=args.deadline,
-                           accel=args.accel)
+        run = run_in_guest(args.command, shares, cache=args.cache, forward=forwards, deadline_s=args.deadline,
+                           accel=args.accel, memory_mb=args.memory_mb, on_ready=booted)
     except GuestTimeout as e:
         sys.stdout.write(e.run.output)
         print(f"guest: {e.message}", file=sys.stderr)

@@ -92,6 +92,27 @@ def _case_status(doc: dict[str, Any]) -> list[str]:
     return bad
 
 
+def _guest_share_text(doc: dict[str, Any]) -> str:
+    """The share line of a run across a qemu guest: which share, which accelerator, where each case ran."""
+    share, guest = doc.get("share") or {}, doc.get("guest") or {}
+    accel = guest.get("accel") or share.get("accel")
+    parts = [f"a real `{share.get('share')}` share of a throw-away qemu guest ({share.get('memory_mb')} MiB)"]
+    if accel:
+        notes = guest.get("accel_notes") or share.get("accel_notes")
+        notes = "; ".join(notes) if isinstance(notes, list) else notes
+        parts.append(f"accelerator **{accel}**" + (f" ({notes})" if notes else ""))
+        if accel == "tcg":
+            parts.append("the guest's CPU is emulated, so its figures are relative only")
+    gm = guest.get("machine") or {}
+    if gm:
+        parts.append(f"cases marked *(in the guest)* ran inside it (`{guest.get('command')}`; guest Linux "
+                     f"{gm.get('kernel')}, {gm.get('cores')} vCPUs; local = the guest's tmpfs)")
+    if share.get("api"):
+        parts.append(f"load cases ran on the host against `fsbridge serve` in a guest ({share['api']}), so "
+                     "upload crosses the virtual NIC and a path reference is read over the share")
+    return "; ".join(parts)
+
+
 def render_markdown(doc: dict[str, Any]) -> str:
     m = doc.get("machine") or {}
     share = doc.get("share") or {}
@@ -119,6 +140,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         share_text = (
             f"the real share at `{share.get('path')}` (fixtures copied into a temporary folder on it)"
         )
+    elif share.get("kind") == "qemu":
+        share_text = _guest_share_text(doc)
     else:
         share_text = "-"
     versions = m.get("versions") or {}
@@ -189,7 +212,8 @@ def _loads(values: list[float] | None) -> str:
 
 def _case_section(case: dict[str, Any], summary: dict[str, Any] | None) -> list[str]:
     d = case["definition"]
-    lines = [f"## {case['key']}: {d['title']}", "", d["description"], ""]
+    where = " *(in the guest)*" if case.get("where") == "guest" else ""
+    lines = [f"## {case['key']}: {d['title']}{where}", "", d["description"], ""]
     fixture = case.get("fixture") or {}
     params = ", ".join(f"{k}={v}" for k, v in d["params"].items())
     lines.append(

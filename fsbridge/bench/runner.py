@@ -40,10 +40,18 @@ from typing import Any, Callable, TextIO
 import psutil
 
 from fsbridge.bench import report
+from fsbridge.bench.guest_share import (
+    GuestShareSpec,
+    across_the_boundary,
+    deadline_for,
+    merge_nested,
+    parse_guest_share,
+    run_nested,
+)
 from fsbridge.bench.procs import BenchError, Fsbridge, Registry, force_unmount, mounts_under, run_timed
 from fsbridge.bench.sampler import Sampler
 from fsbridge.bench.scenarios import Case, Scenario
-from fsbridge.bench.variants import Bench, Fixtures, Variant, make_share, make_variant
+from fsbridge.bench.variants import Bench, Fixtures, GuestServeShare, Variant, make_share, make_variant
 
 FORMAT = "fsbridge-bench/1"
 
@@ -57,6 +65,8 @@ class Options:
     sets: list[str] = field(default_factory=list)
     command: str = "fsbridge bench"
     scenarios_dir: str | None = None
+    runs: int | None = None
+    warmup: int | None = None
 
 
 def fsbridge_argv() -> list[str]:
@@ -529,7 +539,18 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
         "error": None,
     }
     counter = iter(range(1, 1 << 30))
-    all_cases = [case for s in options.scenarios for case in s.cases()]
+    guest = parse_guest_share(options.share)
+    in_guest: list[Scenario] = []  # run by the orchestrator inside a guest (guest_share.py)
+    here = list(options.scenarios)
+    left_out: dict[str, list[str]] = {}  # scenario -> notes on variants with no form across a guest boundary
+    if guest is not None:
+        in_guest = [s for s in here if s.spec.family != "load"]
+        here = []
+        for s in options.scenarios:
+            if s.spec.family == "load":
+                changed, left_out[s.name] = across_the_boundary(s)
+                here.append(changed)
+    all_cases = [case for s in here for case in s.cases()]
     progress = Progress(
         sum(len(c.scenario.variants) * (c.scenario.warmup + c.scenario.runs) for c in all_cases), stream
     )
@@ -543,6 +564,8 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
             (work / "tmp").mkdir()
             (work / "src").mkdir()
             share = make_share(options.share)
+            if isinstance(share, GuestServeShare):
+                share.deadline_s = deadline_for(here)
             bench = Bench(Fsbridge(fsbridge_cmd, registry, env), registry, work, work / "src", share, env)
             doc["machine"] = machine_info(fsbridge_cmd, work)
             progress.say(
@@ -551,10 +574,14 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
             )
             share.start(bench)
             doc["share"] = share.describe()
+            if guest is not None and in_guest:
+                _run_in_guest(guest, in_guest, options, work / "guest-share", fsbridge_cmd, doc, progress)
             fixtures = Fixtures(bench)
             for case in all_cases:
                 record = CaseRunner(case, bench, fixtures, runs, progress, lambda: next(counter)).run()
+                record["notes"] = left_out.get(case.scenario.name, []) + record["notes"]
                 cases.append(record)
+            doc["share"] = share.describe()
             if bench.drop_permitted is False:
                 doc["notes"].append(
                     "The page cache could not be dropped (not root?): runs marked cold were cold "
@@ -594,6 +621,27 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
     if doc["interrupted"]:
         return 130
     return 1 if failed else 0
+
+
+def _run_in_guest(guest: GuestShareSpec, scenarios: list[Scenario], options: Options, folder: Path,
+                  fsbridge_cmd: list[str], doc: dict[str, Any], progress: Progress) -> None:
+    """The file-system and podman scenarios, run by this orchestrator inside a guest; merged into `doc`."""
+    names = [s.name for s in scenarios]
+    folder.mkdir()
+    copies = folder / "scenarios"  # the guest's /tmp is its own: give it the scenario files over the share
+    copies.mkdir()
+    for s in scenarios:
+        shutil.copyfile(s.source, copies / Path(s.source).name)
+    passthrough = (
+        (["--quick"] if options.quick else [])
+        + (["--runs", str(options.runs)] if options.runs else [])
+        + (["--warmup", str(options.warmup)] if options.warmup is not None else [])
+        + [f"--set={item}" for item in options.sets if item.split(".", 1)[0] in names]
+        + ["--scenarios", str(copies)]
+    )
+    inner, facts = run_nested(guest, names, passthrough, folder, fsbridge_cmd, deadline_for(scenarios),
+                              progress.say)
+    merge_nested(doc, inner, facts)
 
 
 # --- the command line's entry ------------------------------------------------------------------------------
@@ -672,6 +720,8 @@ def command(
         sets=list(sets),
         command=shlex.join(argv),
         scenarios_dir=scenarios_dir,
+        runs=runs,
+        warmup=warmup,
     )
     code = run_bench(options)
     if code != 130:

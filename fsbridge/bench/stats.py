@@ -127,7 +127,7 @@ def summarize_case(runs: list[dict[str, Any]], case: dict[str, Any]) -> dict[str
             if len(rates) == len(counted) and rates:
                 row["mib_per_s"] = describe(rates)
             parts = sorted(
-                {k for r in counted for k in (r.get("result") or {}) if k.endswith("_s") and k != "elapsed_s"}
+                {k for r in counted for k in (r.get("result") or {}) if k.endswith("_s") and k not in ("elapsed_s", "mib_per_s")}
             )
             if parts:  # the workload's own split of its time (writetree: create_s, delete_s)
                 row["parts_median_s"] = {k: _median_of(counted, lambda r, k=k: r["result"][k]) for k in parts}

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from fsbridge.bench.fixtures import ARCHIVE_TAG, FIXED_MTIME, make_archive, make_big_file, make_tree, tree_key
+from fsbridge.bench.guest_share import GuestServer, GuestShareSpec, parse_guest_share
 from fsbridge.bench.procs import BenchError, Finished, Fsbridge, Mounted, Registry, Service
 from fsbridge.bench.sampler import vm_hwm_bytes
 from fsbridge.bench.scenarios import Case
@@ -162,14 +163,48 @@ class PathShare(Share):
         return {"kind": "path", "path": str(self.given), "folder": str(getattr(self, "root", ""))}
 
 
+class GuestServeShare(Share):
+    """A qemu guest's real 9p or virtiofs share of `bench.src` (seen in the guest at the same path), for the
+    load scenarios run from the host; the file-system scenarios run inside a guest of their own
+    (fsbridge/bench/guest_share.py). The guest with `fsbridge serve` boots when a variant first needs it."""
+
+    kind = "qemu"
+
+    def __init__(self, spec: GuestShareSpec) -> None:
+        self.spec = spec
+        self.server: GuestServer | None = None
+        self.deadline_s = 3600.0
+
+    def start(self, bench: Bench) -> None:
+        self.root = bench.src
+        self.bench = bench
+
+    def guest_server(self) -> GuestServer:
+        if self.server is None:
+            bench = self.bench
+            self.server = GuestServer(self.spec, bench.src, bench.scratch("guest-serve"), bench.registry,
+                                      bench.env, bench.fsbridge.argv, self.deadline_s)
+        return self.server
+
+    def describe(self) -> dict[str, Any]:
+        facts: dict[str, Any] = {"kind": "qemu", "share": self.spec.label, "memory_mb": self.spec.memory_mb}
+        if self.server is not None:
+            facts.update(self.server.describe())
+        return facts
+
+
 def make_share(spec: str) -> Share:
+    guest = parse_guest_share(spec)
+    if guest is not None:
+        return GuestServeShare(guest)
     kind, sep, rest = spec.partition(":")
     if kind == "emulate":
         return EmulatedShare(rest)
     if kind == "path" and rest:
         return PathShare(rest)
     raise BenchError(
-        f"--share {spec}: expected emulate:PROFILE[,latency-us=N,bandwidth-mib=N] or path:/mnt/share"
+        f"--share {spec}: expected emulate:PROFILE[,latency-us=N,bandwidth-mib=N], path:/mnt/share, "
+        "qemu-9p:MODE or qemu-virtiofs[:MODE]"
     )
 
 
@@ -772,6 +807,37 @@ class PodmanVariant(ArchiveVariant):
         return {}
 
 
+class GuestServerVariant(ServerVariant):
+    """upload / path-raw against `fsbridge serve` in a qemu guest: the client here, the server across the
+    virtual NIC, reading a path reference over the guest's real share."""
+
+    def setup(self) -> None:
+        share = self.bench.share
+        assert isinstance(share, GuestServeShare)
+        self.guest = share.guest_server()
+        self.client_env = dict(self.bench.env, FSBRIDGE_URL=self.guest.url,
+                               FSBRIDGE_TOKEN_FILE=str(self.guest.token_file))
+
+    def before_run(self) -> dict[str, Any]:
+        self.remove_image()
+        return {"image_removed": True}
+
+    def pids(self) -> dict[str, int | None]:
+        return {"guest": self.guest.pid}  # the guest runner and its qemu (the server runs inside)
+
+    def observe(self) -> Observation:
+        return Observation()
+
+    def counters(self, before: Observation) -> dict[str, Any]:
+        return {}
+
+    def after_run(self) -> dict[str, Any]:
+        return {}
+
+    def teardown(self) -> None:
+        pass  # the guest serves every load case; the registry ends it with the bench
+
+
 class FsbridgePodmanVariant(ServerVariant):
     backend = "podman"
 
@@ -792,6 +858,8 @@ def make_variant(name: str, case: Case, bench: Bench, fixture: Fixture) -> Varia
     family = case.scenario.spec.family
     if family == "fs":
         cls: type[Variant] = {"local": LocalVariant, "raw": RawVariant}.get(name, MountVariant)
+    elif family == "load" and isinstance(bench.share, GuestServeShare):
+        cls = FloorVariant if name == "floor" else GuestServerVariant
     elif family == "load":
         cls = {"floor": FloorVariant, "sink": SinkVariant}.get(name, ServerVariant)
     else:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import threading
+import heapq
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -74,29 +75,19 @@ def resolve_profile(name: str | None, latency_us: float | None, bandwidth_mib: f
 class SlowWire:
     """A fixed latency per request and one shared pipe of limited bandwidth.
 
-    The wait runs in a worker thread until a deadline: trio's own timers round to whole milliseconds
-    (epoll), far coarser than a 9p round trip, while a thread's clock_nanosleep (with the timer slack
-    set to 1 ns) keeps microseconds. The thread hop itself costs time (about 0.1 ms on a small VM), so
-    it is measured once and subtracted: a request then waits the profile's latency, not latency + hop.
-    Waits overlap freely, so concurrent requests are answered concurrently.
+    Waits end at deadlines kept in one heap and signalled by one timerfd (see `_Timer`): trio's own timers
+    round to whole milliseconds (epoll), far coarser than a 9p round trip, and a worker thread per wait
+    (the first design) cost about 0.1 ms of CPU per request, which on a small VM made the emulator's CPU,
+    not its latency, the limit of parallel work through it. Waits overlap freely, so concurrent requests
+    are answered concurrently.
     """
 
     def __init__(self, profile: Profile) -> None:
         self.latency_s = profile.latency_us / 1e6
         self.bytes_per_s = profile.bandwidth_mib * 1024 * 1024 if profile.bandwidth_mib else None
         self._free_at = 0.0  # perf_counter time at which the pipe has sent everything queued on it
-        self._limiter = trio.CapacityLimiter(1024)
-        self._hop_s: float | None = None  # measured cost of a round trip to a worker thread
+        self._timer: _Timer | None = None
         self.requests = 0
-
-    async def _calibrate(self) -> float:
-        samples = []
-        for _ in range(31):
-            start = time.perf_counter()
-            await trio.to_thread.run_sync(_sleep_until, start, limiter=self._limiter)
-            samples.append(time.perf_counter() - start)
-        samples.sort()
-        return samples[len(samples) // 2]
 
     async def delay(self, nbytes: int = 0, *, since: float | None = None) -> None:
         """Wait until the request has cost the profile's latency (counted from `since`, when it arrived)
@@ -109,30 +100,80 @@ class SlowWire:
             deadline = max(deadline, self._free_at)
         if deadline <= now:
             return
-        if self._hop_s is None:
-            self._hop_s = await self._calibrate()
-        await trio.to_thread.run_sync(_sleep_until, deadline - self._hop_s, limiter=self._limiter)
+        if self._timer is None:
+            self._timer = _Timer()
+        await self._timer.sleep_until(deadline)
 
 
-_thread_state = threading.local()
+class _Timer:
+    """Wakes trio tasks at perf_counter deadlines with microsecond precision, without threads.
+
+    One heap of (deadline, ticket, event) and one timerfd (CLOCK_MONOTONIC, which perf_counter reads on
+    Linux) armed for the earliest deadline; a trio system task waits for the timerfd to become readable and
+    sets the events that are due. Everything runs on the trio thread, so the heap needs no lock."""
+
+    def __init__(self) -> None:
+        self.fd = _timerfd_create()
+        self.heap: list[tuple[float, int, trio.Event]] = []  # deadline, ticket (for order) -> its waiter
+        self.armed_for = float("inf")
+        self.tickets = 0
+        trio.lowlevel.spawn_system_task(self._wake_due)
+
+    async def sleep_until(self, deadline: float) -> None:
+        event = trio.Event()
+        self.tickets += 1
+        heapq.heappush(self.heap, (deadline, self.tickets, event))
+        if deadline < self.armed_for:
+            self._arm(deadline)
+        await event.wait()
+
+    def _arm(self, deadline: float) -> None:
+        self.armed_for = deadline
+        _timerfd_settime_abs(self.fd, max(1, int(deadline * 1e9)))
+
+    async def _wake_due(self) -> None:
+        while True:
+            await trio.lowlevel.wait_readable(self.fd)
+            try:
+                os.read(self.fd, 8)
+            except BlockingIOError:
+                pass  # re-armed for a later deadline after it became readable
+            now = time.perf_counter()
+            while self.heap and self.heap[0][0] <= now:
+                heapq.heappop(self.heap)[2].set()
+            if self.heap:
+                self._arm(self.heap[0][0])
+            else:
+                self.armed_for = float("inf")
 
 
-def _sleep_until(deadline: float) -> None:
-    if not getattr(_thread_state, "precise", False):
-        _set_timer_slack_1ns()
-        _thread_state.precise = True
-    remaining = deadline - time.perf_counter()
-    if remaining > 0:
-        time.sleep(remaining)
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_CLOCK_MONOTONIC = 1
+_TFD_NONBLOCK_CLOEXEC = os.O_NONBLOCK | os.O_CLOEXEC  # TFD_NONBLOCK, TFD_CLOEXEC share these values
+_TFD_TIMER_ABSTIME = 1
 
 
-def _set_timer_slack_1ns() -> None:
-    """Linux rounds a sleeping thread's wake-up up by its timer slack (50 us by default)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(29, 1, 0, 0, 0)  # PR_SET_TIMERSLACK
-    except (OSError, AttributeError):
-        pass
+class _Timespec(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_nsec", ctypes.c_long)]
+
+
+class _Itimerspec(ctypes.Structure):
+    _fields_ = [("it_interval", _Timespec), ("it_value", _Timespec)]
+
+
+def _timerfd_create() -> int:
+    fd = _libc.timerfd_create(_CLOCK_MONOTONIC, _TFD_NONBLOCK_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "timerfd_create")
+    return int(fd)
+
+
+def _timerfd_settime_abs(fd: int, deadline_ns: int) -> None:
+    spec = _Itimerspec(_Timespec(0, 0), _Timespec(deadline_ns // 1_000_000_000, deadline_ns % 1_000_000_000))
+    if _libc.timerfd_settime(fd, _TFD_TIMER_ABSTIME, ctypes.byref(spec), None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "timerfd_settime")
 
 
 # FUSE requests that travel to the share and back; forget has no reply and costs nothing.

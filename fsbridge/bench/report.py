@@ -15,7 +15,7 @@ from typing import Any
 
 from fsbridge.bench import stats
 
-ROLE_ORDER = ("workload", "mount", "share", "server", "podman-service")
+ROLE_ORDER = ("workload", "mount", "share", "server", "podman-service", "guest")
 
 
 # --- formatting --------------------------------------------------------------------------------------------

@@ -575,7 +575,8 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
             share.start(bench)
             doc["share"] = share.describe()
             if guest is not None and in_guest:
-                _run_in_guest(guest, in_guest, options, work / "guest-share", fsbridge_cmd, doc, progress)
+                _run_scenarios_in_guest(guest, in_guest, options, work / "guest-share", fsbridge_cmd, doc,
+                                        progress)
             fixtures = Fixtures(bench)
             for case in all_cases:
                 record = CaseRunner(case, bench, fixtures, runs, progress, lambda: next(counter)).run()
@@ -623,8 +624,8 @@ def run_bench(options: Options, stream: TextIO = sys.stderr) -> int:
     return 1 if failed else 0
 
 
-def _run_in_guest(guest: GuestShareSpec, scenarios: list[Scenario], options: Options, folder: Path,
-                  fsbridge_cmd: list[str], doc: dict[str, Any], progress: Progress) -> None:
+def _run_scenarios_in_guest(guest: GuestShareSpec, scenarios: list[Scenario], options: Options, folder: Path,
+                            fsbridge_cmd: list[str], doc: dict[str, Any], progress: Progress) -> None:
     """The file-system and podman scenarios, run by this orchestrator inside a guest; merged into `doc`."""
     names = [s.name for s in scenarios]
     folder.mkdir()

@@ -12,13 +12,17 @@ Skipped only where the guest cannot be prepared (qemu or Debian's kernel cannot 
 from __future__ import annotations
 
 import json
+import signal
 import statistics
+import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-from conftest import needs_fuse
-from test_bench import assert_clean, close, parse_time, processes_mentioning, run_bench, table_rows
+from conftest import FSBRIDGE, needs_fuse
+from test_bench import assert_clean, bench_env, close, parse_time, processes_mentioning, run_bench, table_rows
 
 from fsbridge.bench.guest_assets import GuestUnavailable, ensure_guest_assets
 
@@ -127,4 +131,74 @@ def test_nothing_is_left_behind(guest_run: dict[str, Any]) -> None:
     _doc(guest_run)
     tmp: Path = guest_run["tmp"]
     assert_clean(tmp)
+    assert processes_mentioning("qemu-system") == []
+
+
+SLOW_WALK = """
+title = "a walk long enough to interrupt in the guest"
+workload = "walk"
+variants = ["raw", "cold", "warm"]
+runs = 50
+warmup = 0
+[params]
+files = 200
+files_per_dir = 20
+"""
+
+SLOW_LOAD = """
+title = "loads long enough to interrupt"
+workload = "load"
+variants = ["upload", "path-raw"]
+runs = 50
+warmup = 0
+[params]
+size_mib = 8
+layers = 2
+"""
+
+
+def _interrupt_when(tmp: Path, scenario: str, text: str, marker: str) -> tuple[int, str, dict[str, Any]]:
+    """Start a guest bench on `scenario`, send Ctrl-C once stderr shows `marker`, return (status, stderr, doc)."""
+    scenarios = tmp / "scenarios"
+    scenarios.mkdir()
+    (scenarios / f"{scenario}.toml").write_text(text)
+    out = tmp / "out"
+    proc = subprocess.Popen(
+        [FSBRIDGE, "bench", "--scenarios", str(scenarios), "--share", "qemu-9p:none,memory-mb=1024",
+         "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=bench_env(tmp), stdin=subprocess.DEVNULL,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any(marker in line for line in lines):
+            assert proc.poll() is None, "".join(lines)
+            assert time.monotonic() < deadline, "the guest bench did not get going:\n" + "".join(lines)
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    return proc.returncode, "".join(lines), json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.parametrize("where", ["in the guest", "against the guest's server"])
+def test_ctrl_c_stops_the_guest_and_leaves_nothing(tmp_path: Path, where: str) -> None:
+    try:
+        ensure_guest_assets()
+    except GuestUnavailable as e:
+        pytest.skip(f"no qemu guest on this machine: {e.message}")
+    if where == "in the guest":
+        status, stderr, doc = _interrupt_when(tmp_path, "slow-walk", SLOW_WALK, "slow-walk round 2/50")
+    else:
+        status, stderr, doc = _interrupt_when(tmp_path, "slow-load", SLOW_LOAD, "slow-load round 2/50")
+    assert status == 130, stderr[-2000:]
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert doc["interrupted"] is True
+    assert_clean(tmp_path)
     assert processes_mentioning("qemu-system") == []

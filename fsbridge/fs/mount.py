@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 from fsbridge.errors import MountError
 
@@ -89,12 +89,29 @@ def set_read_ahead(mountpoint: str, kib: int) -> None:
         log.info("read-ahead left at the kernel's default: %s", e)
 
 
-async def _set_read_ahead_after_init(mountpoint: str, kib: int) -> None:
-    """The kernel sets the read-ahead from its INIT exchange with the daemon, so ours comes after it."""
+READY_FILE_ENV = "FSBRIDGE_READY_FILE"  # start_background's: created once the mount is fully set up
+
+
+async def _after_init(initialized: Callable[[], bool], mountpoint: str, read_ahead_kib: int) -> None:
+    """Once the kernel's INIT exchange is done: set the read-ahead, then say the mount is ready.
+
+    The kernel sets a FUSE mount's read-ahead while it processes the INIT reply, and a file keeps the
+    read-ahead it was opened with; so ours is set after INIT, and a background start returns only after
+    that (a reader that opens a file at once would otherwise read in 128 KiB requests)."""
     import trio
 
-    await trio.sleep(0.3)
-    await trio.to_thread.run_sync(set_read_ahead, mountpoint, kib)
+    deadline = trio.current_time() + 30
+    while not initialized() and trio.current_time() < deadline:
+        await trio.sleep(0.005)
+    if read_ahead_kib:
+        await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kib)
+    ready = os.environ.get(READY_FILE_ENV)
+    if ready:
+        try:
+            with open(ready, "w"):
+                pass
+        except OSError as e:
+            log.info("could not signal readiness through %s: %s", ready, e)
 
 
 def _mount_devices(mountinfo: str = "/proc/self/mountinfo") -> list[tuple[str, str, str, str]]:
@@ -130,11 +147,20 @@ def serve_forever(ops: object, mountpoint: str, *, fsname: str, max_tasks: int =
     except RuntimeError as e:
         raise MountError(f"could not mount {mountpoint}: {e}", reason="mount-failed") from None
 
+    initialized = False
+    ops_init = ops.init  # type: ignore[attr-defined]
+
+    def init() -> None:  # pyfuse3 calls it while answering the kernel's INIT (init must not raise)
+        nonlocal initialized
+        ops_init()
+        initialized = True
+
+    ops.init = init  # type: ignore[attr-defined]
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_stop_on_signals, nursery.cancel_scope)
-            if read_ahead_kib:
-                nursery.start_soon(_set_read_ahead_after_init, real_mountpoint, read_ahead_kib)
+            nursery.start_soon(_after_init, lambda: initialized, real_mountpoint, read_ahead_kib)
             await pyfuse3.main(min_tasks=4, max_tasks=max_tasks)
             nursery.cancel_scope.cancel()
 
@@ -169,21 +195,32 @@ def log_path_for(mountpoint: str) -> str:
 def start_background(argv: Sequence[str], mountpoint: str, *, timeout: float = 30.0) -> int:
     """Run `argv` (a --foreground mount command) detached; return its pid once the mount is live."""
     log_file = log_path_for(mountpoint)
+    ready = os.path.join(os.path.dirname(log_file), f"ready-{os.getpid()}-{time.monotonic_ns()}")
     with open(log_file, "ab") as log_out:
         proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out,
-                                start_new_session=True, close_fds=True)
+                                start_new_session=True, close_fds=True, env={**os.environ, READY_FILE_ENV: ready})
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if os.path.ismount(mountpoint):
+        if os.path.exists(ready) and os.path.ismount(mountpoint):
+            os.unlink(ready)
             return proc.pid
         code = proc.poll()
         if code is not None:
+            _remove_quietly(ready)
             raise MountError(_tail_error(log_file) or f"the mount process exited with status {code}",
                              reason="mount-failed")
         time.sleep(0.02)
     proc.terminate()
+    _remove_quietly(ready)
     raise MountError(f"{mountpoint} was not mounted within {timeout:.0f} s; see {log_file}",
                      reason="mount-timeout")
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _tail_error(log_file: str) -> str:

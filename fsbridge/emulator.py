@@ -114,18 +114,24 @@ class _Timer:
 
     def __init__(self) -> None:
         self.fd = _timerfd_create()
-        self.heap: list[tuple[float, int, trio.Event]] = []  # deadline, ticket (for order) -> its waiter
+        self.heap: list[tuple[float, int, trio.Event]] = []  # wake-up time, ticket (for order) -> its waiter
         self.armed_for = float("inf")
         self.tickets = 0
+        # How long after its wake-up time a waiter runs again (timerfd, epoll, trio's scheduler): about
+        # 0.1 ms on a small VM. Waiters are woken that much early, so that they resume at their deadline.
+        self.wake_delay = 0.0
         trio.lowlevel.spawn_system_task(self._wake_due)
 
     async def sleep_until(self, deadline: float) -> None:
         event = trio.Event()
         self.tickets += 1
-        heapq.heappush(self.heap, (deadline, self.tickets, event))
-        if deadline < self.armed_for:
-            self._arm(deadline)
+        wake_at = deadline - self.wake_delay
+        heapq.heappush(self.heap, (wake_at, self.tickets, event))
+        if wake_at < self.armed_for:
+            self._arm(wake_at)
         await event.wait()
+        delay = time.perf_counter() - wake_at
+        self.wake_delay += (min(delay, 0.001) - self.wake_delay) / 16  # a moving average, capped at 1 ms
 
     def _arm(self, deadline: float) -> None:
         self.armed_for = deadline

@@ -183,9 +183,9 @@ def _interrupt_when(tmp: Path, scenario: str, text: str, marker: str) -> tuple[i
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    reader.join(timeout=10)
-    assert proc.stderr is not None
-    proc.stderr.close()
+        reader.join(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
     return proc.returncode, "".join(lines), json.loads((out / "results.json").read_text())
 
 

@@ -33,6 +33,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -120,7 +121,7 @@ def run_in_guest(
     deadline = started + deadline_s
     if cache not in CACHE_MODES_9P:
         raise GuestError(f"unknown 9p cache mode {cache!r} (one of {', '.join(CACHE_MODES_9P)})")
-    shares = [s if isinstance(s, Share) else Share(str(s)) for s in shares]
+    shares = _shares_the_guest_needs() + [s if isinstance(s, Share) else Share(str(s)) for s in shares]
     for s in shares:
         if not os.path.isdir(s.host_path):
             raise GuestError(f"share {s.host_path} is not a folder")
@@ -203,6 +204,25 @@ def run_in_guest(
 
 
 # --- what the guest reads ------------------------------------------------------------------------------
+
+
+# The folders where the guest has a tmpfs of its own over the host's (guest_init.sh mounts them).
+GUEST_OWN_FOLDERS = ("/dev/shm", "/tmp", "/run", "/var/tmp", "/mnt")
+
+
+def _shares_the_guest_needs() -> list[Share]:
+    """This interpreter's environment and fsbridge's own source, shared read-only, where they live in a folder
+    the guest has its own tmpfs for (a virtualenv in a checkout under /tmp, say): elsewhere the guest sees
+    them through the host's `/`. Listed first, so that the caller's shares may sit inside them."""
+    import fsbridge
+
+    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable)}
+    needed.add(os.path.realpath(os.path.dirname(os.path.dirname(fsbridge.__file__))))
+    needed = {p if os.path.isdir(p) else os.path.dirname(p) for p in needed}
+    hidden = sorted(p for p in needed
+                    if any(p == d or p.startswith(d + "/") for d in GUEST_OWN_FOLDERS) and p not in GUEST_OWN_FOLDERS)
+    outer = [p for p in hidden if not any(p.startswith(q + "/") for q in hidden)]
+    return [Share(p, readonly=True, cache="loose") for p in outer]
 
 
 def _write_control(ctl: Path, command: str, shares: list[Share], cache: str, env: dict[str, str], cwd: str,
@@ -437,7 +457,6 @@ def _remove(tmp: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command in a guest from the shell; errors are one line on stderr (exit 1), Ctrl-C exits 130."""
     import argparse
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m fsbridge.bench.guest",
                                      description="Run COMMAND in a throw-away qemu guest that sees host folders.")

@@ -214,10 +214,8 @@ def _shares_the_guest_needs() -> list[Share]:
     """This interpreter's environment and fsbridge's own source, shared read-only, where they live in a folder
     the guest has its own tmpfs for (a virtualenv in a checkout under /tmp, say): elsewhere the guest sees
     them through the host's `/`. Listed first, so that the caller's shares may sit inside them."""
-    import fsbridge
-
-    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable)}
-    needed.add(os.path.realpath(os.path.dirname(os.path.dirname(fsbridge.__file__))))
+    package_parent = Path(__file__).resolve().parents[2]  # fsbridge/bench/guest.py: a checkout or site-packages
+    needed = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable, package_parent)}
     needed = {p if os.path.isdir(p) else os.path.dirname(p) for p in needed}
     hidden = sorted(p for p in needed
                     if any(p == d or p.startswith(d + "/") for d in GUEST_OWN_FOLDERS) and p not in GUEST_OWN_FOLDERS)

@@ -102,7 +102,8 @@ class SlowWire:
             return
         if self._timer is None:
             self._timer = _Timer()
-        await self._timer.sleep_until(deadline)
+        # waking early makes up for the timer's own lateness, but never by more than half the latency
+        await self._timer.sleep_until(deadline, earliest=deadline - self.latency_s / 2)
 
 
 class _Timer:
@@ -117,21 +118,22 @@ class _Timer:
         self.heap: list[tuple[float, int, trio.Event]] = []  # wake-up time, ticket (for order) -> its waiter
         self.armed_for = float("inf")
         self.tickets = 0
-        # How long after its wake-up time a waiter runs again (timerfd, epoll, trio's scheduler): about
-        # 0.1 ms on a small VM. Waiters are woken that much early, so that they resume at their deadline.
+        # How late the timer task runs after the time it was armed for (timerfd, epoll, trio's scheduler):
+        # about 0.1 ms on a small VM. Waiters are woken that much early, so that they resume near their
+        # deadline. Measured once per firing, by the timer task: not per waiter, whose resumption also
+        # waits for the other waiters woken with it (CPU queueing, which a real share's waiters pay too).
         self.wake_delay = 0.0
         trio.lowlevel.spawn_system_task(self._wake_due)
 
-    async def sleep_until(self, deadline: float) -> None:
+    async def sleep_until(self, deadline: float, *, earliest: float) -> None:
+        """Return at about `deadline`; woken early by the timer's measured lateness, never before `earliest`."""
         event = trio.Event()
         self.tickets += 1
-        wake_at = deadline - self.wake_delay
+        wake_at = max(deadline - self.wake_delay, earliest)
         heapq.heappush(self.heap, (wake_at, self.tickets, event))
         if wake_at < self.armed_for:
             self._arm(wake_at)
         await event.wait()
-        delay = time.perf_counter() - wake_at
-        self.wake_delay += (min(delay, 0.001) - self.wake_delay) / 16  # a moving average, capped at 1 ms
 
     def _arm(self, deadline: float) -> None:
         self.armed_for = deadline
@@ -145,6 +147,9 @@ class _Timer:
             except BlockingIOError:
                 pass  # re-armed for a later deadline after it became readable
             now = time.perf_counter()
+            if self.armed_for != float("inf"):
+                late = min(max(0.0, now - self.armed_for), 0.001)
+                self.wake_delay += (late - self.wake_delay) / 16  # a moving average
             while self.heap and self.heap[0][0] <= now:
                 heapq.heappop(self.heap)[2].set()
             if self.heap:

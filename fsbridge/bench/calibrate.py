@@ -211,14 +211,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GuestUnavailable as e:
         print(f"calibrate: no qemu guest on this machine: {e.message}", file=sys.stderr)
         return 1
-    except (GuestError, subprocess.CalledProcessError, OSError) as e:
+    except (GuestError, subprocess.SubprocessError, OSError) as e:
         print(f"calibrate: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("calibrate: interrupted", file=sys.stderr)
         return 130
     finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(work / "emulated-mnt")], capture_output=True)
+        if os.path.ismount(work / "emulated-mnt"):
+            subprocess.run(["fusermount3", "-u", "-z", str(work / "emulated-mnt")], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

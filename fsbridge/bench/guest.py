@@ -484,6 +484,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"guest: booted ({accel}) in {boot_s:.1f} s{why}", file=sys.stderr, flush=True)
 
     def terminated(signum: int, frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the cleanup short
         raise KeyboardInterrupt  # so that run_in_guest's cleanup runs (qemu, virtiofsd, the temporary folder)
 
     signal.signal(signal.SIGTERM, terminated)

@@ -95,12 +95,16 @@ def parse_guest_share(spec: str) -> GuestShareSpec | None:
 
 
 def deadline_for(scenarios: list[Scenario]) -> float:
-    """A deadline for running `scenarios` in the guest: every case's bounds, and room for fixtures and boot."""
+    """A deadline for running `scenarios` in the guest: a round that starts just before a case's time bound
+    may still run every variant to its run bound (and prime one), and fixtures are made under TCG too."""
     total = 300.0
     for scenario in scenarios:
         for _case in scenario.cases():
-            total += scenario.time_bound_s + scenario.run_timeout_s + 120
+            total += scenario.time_bound_s + 2 * len(scenario.variants) * scenario.run_timeout_s + 300
     return total
+
+
+INTERRUPT_MARGIN_S = 120  # the nested bench gets Ctrl-C this long before the guest's deadline, to write its results
 
 
 def run_nested(
@@ -119,7 +123,9 @@ def run_nested(
     folder.mkdir(parents=True, exist_ok=True)
     out, log = folder / "out", folder / "progress.log"
     inner = [*fsbridge, "bench", *names, *passthrough, "--share", f"path:{folder}", "--out", str(out)]
-    command = f"{shlex.join(inner)} 2>{shlex.quote(str(log))}"
+    # interrupted (as by Ctrl-C) before the deadline, it still writes the runs it made, marked interrupted
+    bound = max(60, int(deadline_s - INTERRUPT_MARGIN_S))
+    command = f"timeout -s INT {bound} {shlex.join(inner)} 2>{shlex.quote(str(log))}"
     tail = _Tail(log, lambda line: say(f"  guest | {line}"))
     say(f"booting a guest ({spec.label}, {spec.memory_mb} MiB) to run: {shlex.join(inner[len(fsbridge):])}")
     try:
@@ -152,7 +158,7 @@ def run_nested(
 
 def merge_nested(doc: dict[str, Any], inner: dict[str, Any], facts: dict[str, Any]) -> None:
     """Add the guest bench's cases and runs to `doc`, and what it knew of its machine under doc["guest"]."""
-    offset = max((r["seq"] for r in doc["runs"]), default=0)
+    offset = max((r["seq"] for r in doc["runs"]), default=0)  # the host's runs so far (and its own come after)
     for run in inner.get("runs", []):
         run["seq"] += offset
         run["where"] = "guest"
@@ -164,7 +170,9 @@ def merge_nested(doc: dict[str, Any], inner: dict[str, Any], facts: dict[str, An
         {**facts, "machine": inner.get("machine"), "share_in_guest": inner.get("share")}
     )
     doc["notes"] += [f"in the guest: {n}" for n in inner.get("notes", [])]
-    if inner.get("interrupted"):
+    if facts.get("exit_code") == 124:  # `timeout` stopped it before the guest's deadline
+        doc["error"] = "in the guest: the bench ran out of time; the runs it made before are kept"
+    elif inner.get("interrupted"):
         doc["interrupted"] = True
     if inner.get("error"):
         doc["error"] = f"in the guest: {inner['error']}"
@@ -206,6 +214,9 @@ def across_the_boundary(scenario: Scenario) -> tuple[Scenario, list[str]]:
     """The load scenario with only the variants that cross the guest boundary, and notes on what was left out."""
     kept = [v for v in scenario.variants if v in ACROSS_THE_BOUNDARY]
     left = [v for v in scenario.variants if v not in ACROSS_THE_BOUNDARY]
+    if not kept:
+        raise BenchError(f"scenario {scenario.name}: none of its variants ({', '.join(scenario.variants)}) "
+                         f"runs across a guest boundary; those that do: {', '.join(ACROSS_THE_BOUNDARY)}")
     changed = copy.deepcopy(scenario)
     changed.variants = kept
     changed.ratios = [(a, b) for a, b in scenario.ratios if a in kept and b in kept]
@@ -238,7 +249,11 @@ class GuestServer:
         self.log = scratch / "guest.log"
         self.service = Service(f"the guest running fsbridge serve ({spec.label})", argv, registry=registry,
                                log_path=self.log, env=env)
-        self.service.wait_ready(self._answers, timeout=BOOT_TIMEOUT_S)
+        try:
+            self.service.wait_ready(self._answers, timeout=BOOT_TIMEOUT_S)
+        except BaseException:
+            self.service.close()  # a guest that never answered must not hold its memory until the end
+            raise
 
     @property
     def pid(self) -> int:

@@ -173,6 +173,7 @@ class GuestServeShare(Share):
     def __init__(self, spec: GuestShareSpec) -> None:
         self.spec = spec
         self.server: GuestServer | None = None
+        self.failed: str | None = None
         self.deadline_s = 3600.0
 
     def start(self, bench: Bench) -> None:
@@ -180,10 +181,16 @@ class GuestServeShare(Share):
         self.bench = bench
 
     def guest_server(self) -> GuestServer:
+        if self.failed is not None:  # one guest that did not come up is enough: later variants fail at once
+            raise BenchError(self.failed)
         if self.server is None:
             bench = self.bench
-            self.server = GuestServer(self.spec, bench.src, bench.scratch("guest-serve"), bench.registry,
-                                      bench.env, bench.fsbridge.argv, self.deadline_s)
+            try:
+                self.server = GuestServer(self.spec, bench.src, bench.scratch("guest-serve"), bench.registry,
+                                          bench.env, bench.fsbridge.argv, self.deadline_s)
+            except (BenchError, OSError) as e:
+                self.failed = f"the guest with fsbridge serve did not come up: {e}"
+                raise BenchError(self.failed) from None
         return self.server
 
     def describe(self) -> dict[str, Any]:

@@ -103,13 +103,15 @@ async def _after_init(initialized: Callable[[], bool], mountpoint: str, read_ahe
     deadline = trio.current_time() + 30
     while not initialized() and trio.current_time() < deadline:
         await trio.sleep(0.005)
+    if not initialized():
+        log.error("the kernel sent no INIT within 30 s; not reporting the mount as ready")
+        return
     if read_ahead_kib:
         await trio.to_thread.run_sync(set_read_ahead, mountpoint, read_ahead_kib)
     ready = os.environ.get(READY_FILE_ENV)
     if ready:
         try:
-            with open(ready, "w"):
-                pass
+            os.close(os.open(ready, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         except OSError as e:
             log.info("could not signal readiness through %s: %s", ready, e)
 

@@ -38,6 +38,7 @@ from typing import Any, Sequence
 
 from fsbridge.bench.guest import GuestError, Share, run_in_guest
 from fsbridge.bench.guest_assets import GuestUnavailable, ensure_guest_assets
+from fsbridge.bench.runner import cpu_model
 
 OPS = ("create_write", "stat_at", "list_stat", "open_read", "unlink")
 SHARES = ("9p:none", "9p:loose", "virtiofs:auto")  # kind:cache, as `--share qemu-KIND:CACHE` names them
@@ -223,7 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     doc = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": {"cpu": _cpu(), "cores": os.cpu_count(), "kernel": platform.release()},
+        "host": {"cpu": cpu_model(), "cores": os.cpu_count(), "kernel": platform.release()},
         "command": "python -m fsbridge.bench.calibrate " + " ".join(
             ["--out", str(args.out), "--files", str(args.files), "--rounds", str(args.rounds)]
             + [f"--share={s}" for s in (args.share or [])]),
@@ -235,16 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     (args.out / "calibration.md").write_text(render(doc))
     print(render(doc))
     return 0
-
-
-def _cpu() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "?"
 
 
 if __name__ == "__main__":

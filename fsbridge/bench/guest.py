@@ -93,7 +93,7 @@ def run_in_guest(
     shares: Sequence[Share | str] = (),
     *,
     cache: str = "none",
-    forward: tuple[int, int] | Sequence[tuple[int, int]] | None = None,
+    forwards: Sequence[tuple[int, int]] = (),
     network: bool = False,
     deadline_s: float = 300.0,
     env: dict[str, str] | None = None,
@@ -109,8 +109,8 @@ def run_in_guest(
     """Boot a guest, run `command` (a shell string, or argv) as root in it, return its status and output.
 
     shares: host folders (a path = a 9p share at the same path). cache: the 9p cache mode for shares that
-    do not name one. forward: (host_port, guest_port), or a list of them: TCP on the host's 127.0.0.1 to the
-    guest (implies network; the guest is isolated otherwise: it reaches nothing outside). deadline_s: for
+    do not name one. forwards: (host_port, guest_port) pairs, TCP from the host's 127.0.0.1 to the guest
+    (implies network; the guest is isolated otherwise: it reaches nothing outside). deadline_s: for
     the whole run, boot included; past it the guest is killed and GuestTimeout raised. accel: "kvm",
     "tcg" or None (auto; the environment variable FSBRIDGE_GUEST_ACCEL overrides). while_running: called
     about every 50 ms while the command runs, to play the host's part (e.g. change a shared file when the
@@ -127,7 +127,7 @@ def run_in_guest(
             raise GuestError(f"share {s.host_path} is not a folder")
         if s.kind not in ("9p", "virtiofs"):
             raise GuestError(f"share {s.host_path}: unknown kind {s.kind!r} (9p or virtiofs)")
-    forwards = _forwards(forward)
+    forwards = [(int(h), int(g)) for h, g in forwards]
     assets = assets or ensure_guest_assets()
     if any(s.kind == "virtiofs" for s in shares) and not assets.virtiofsd:
         raise GuestUnavailable("virtiofs share requested, but /usr/lib/qemu/virtiofsd is missing")
@@ -280,14 +280,6 @@ def _qemu_argv(assets: GuestAssets, mode: str, shares: list[Share], vhost: dict[
             netdev += f",hostfwd=tcp:127.0.0.1:{int(host_port)}-:{int(guest_port)}"
         argv += ["-netdev", netdev, "-device", "virtio-net-pci,netdev=n0,romfile="]
     return argv
-
-
-def _forwards(forward: tuple[int, int] | Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
-    if forward is None:
-        return []
-    if len(forward) == 2 and all(isinstance(p, int) for p in forward):
-        return [(int(forward[0]), int(forward[1]))]  # type: ignore[arg-type]
-    return [(int(h), int(g)) for h, g in forward]  # type: ignore[misc]
 
 
 def _virtfs(tag: str, path: str, *, readonly: bool, security: str, extra: str = "") -> list[str]:
@@ -489,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, terminated)
     try:
-        run = run_in_guest(args.command, shares, cache=args.cache, forward=forwards, deadline_s=args.deadline,
+        run = run_in_guest(args.command, shares, cache=args.cache, forwards=forwards, deadline_s=args.deadline,
                            accel=args.accel, memory_mb=args.memory_mb, on_ready=booted)
     except GuestTimeout as e:
         sys.stdout.write(e.run.output)

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from fsbridge.bench.guest import CACHE_MODES_9P, GuestError, GuestTimeout, Share, run_in_guest
 from fsbridge.bench.guest_assets import ensure_guest_assets
-from fsbridge.bench.procs import BenchError, Service
+from fsbridge.bench.procs import BenchError, Service, tail_lines
 from fsbridge.bench.scenarios import Scenario
 
 VIRTIOFS_CACHE_MODES = ("none", "auto", "always")
@@ -152,7 +152,7 @@ def run_nested(
         inner_doc = json.loads((out / "results.json").read_text())
     except (OSError, ValueError):
         raise BenchError(f"the guest bench wrote no results (exit {run.exit_code}): "
-                         f"{run.output[-400:] or _last_lines(log)}") from None
+                         f"{run.output[-400:] or tail_lines(log)}") from None
     return inner_doc, facts
 
 
@@ -200,18 +200,12 @@ class _Tail:
                 self.emit(line)
 
 
-def _last_lines(path: Path, n: int = 5) -> str:
-    try:
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-n:])
-    except OSError:
-        return ""
-
-
 # --- the load half: fsbridge serve in a guest, the client here ------------------------------------------------
 
 
-def across_the_boundary(scenario: Scenario) -> tuple[Scenario, list[str]]:
-    """The load scenario with only the variants that cross the guest boundary, and notes on what was left out."""
+def across_the_boundary(scenario: Scenario, spec: GuestShareSpec) -> tuple[Scenario, list[str]]:
+    """The load scenario with only the variants that cross the guest boundary, and notes on what was left out
+    (and on a share that caches data in the guest)."""
     kept = [v for v in scenario.variants if v in ACROSS_THE_BOUNDARY]
     left = [v for v in scenario.variants if v not in ACROSS_THE_BOUNDARY]
     if not kept:
@@ -225,6 +219,9 @@ def across_the_boundary(scenario: Scenario) -> tuple[Scenario, list[str]]:
     if changed.baseline not in kept:
         changed.baseline = kept[0]
     notes = [f"{v}: not run across the guest boundary (no form of it crosses qemu's network yet)" for v in left]
+    if spec.cache != "none":
+        notes.append(f"the guest's share caches data ({spec.label}): after the first path-raw run the guest may "
+                     "serve the archive from its page cache, not over the share")
     return changed, notes
 
 
@@ -236,9 +233,10 @@ class GuestServer:
                  fsbridge: list[str], deadline_s: float) -> None:
         self.spec = spec
         self.token_file = scratch / "token"
+        self.token = secrets.token_hex(32)
         fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+            f.write(self.token + "\n")
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         serve = [*fsbridge, "serve", "--listen", f"tcp:0.0.0.0:{GUEST_API_PORT}", "--token-file",
@@ -246,9 +244,8 @@ class GuestServer:
         argv = [sys.executable, "-m", "fsbridge.bench.guest", *spec.runner_share_options(folder),
                 "--share", str(scratch), "--forward", f"{self.port}:{GUEST_API_PORT}",
                 "--memory-mb", str(spec.memory_mb), "--deadline", f"{deadline_s:.0f}", "--", *serve]
-        self.log = scratch / "guest.log"
         self.service = Service(f"the guest running fsbridge serve ({spec.label})", argv, registry=registry,
-                               log_path=self.log, env=env)
+                               log_path=scratch / "guest.log", env=env)
         try:
             self.service.wait_ready(self._answers, timeout=BOOT_TIMEOUT_S)
         except BaseException:
@@ -260,8 +257,7 @@ class GuestServer:
         return self.service.pid
 
     def _answers(self) -> bool:
-        request = urllib.request.Request(self.url + "/v1/info", headers={
-            "authorization": "Bearer " + self.token_file.read_text().strip()})
+        request = urllib.request.Request(self.url + "/v1/info", headers={"authorization": "Bearer " + self.token})
         try:
             with urllib.request.urlopen(request, timeout=3) as response:
                 return response.status == 200
@@ -271,7 +267,7 @@ class GuestServer:
     def describe(self) -> dict[str, Any]:
         facts: dict[str, Any] = {"share": self.spec.label, "memory_mb": self.spec.memory_mb,
                                  "api": f"tcp:0.0.0.0:{GUEST_API_PORT} in the guest, {self.url} on the host"}
-        m = _BOOTED.search(_last_lines(self.log, 50))
+        m = _BOOTED.search(self.service.log_tail(50))
         if m:
             facts.update(accel=m["accel"], boot_s=float(m["boot"]), accel_notes=m["notes"] or "")
         return facts

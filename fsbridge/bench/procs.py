@@ -252,6 +252,15 @@ class Mounted:
             raise BenchError(f"{point} is still mounted")
 
 
+def tail_lines(path: Path, lines: int = 5) -> str:
+    """The last lines of a log file, on one line ("" when it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])
+
+
 class Service:
     """A long-lived child (a server, podman's API service, the sink) in its own session, with a log file."""
 
@@ -297,11 +306,7 @@ class Service:
         raise BenchError(f"{self.name} was not ready within {timeout:.0f} s: {self.log_tail()}")
 
     def log_tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return ""
-        return " | ".join(text[-lines:])
+        return tail_lines(self.log_path, lines)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -110,17 +110,17 @@ class InodeTable:
     def nodes(self) -> list[Node]:
         return list(self._by_ino.values())
 
-    @staticmethod
-    def path(node: Node) -> bytes:
+    @classmethod
+    def path(cls, node: Node) -> bytes:
         """The backing path of a node, rebuilt through the parents of the link seen last.
 
         The link seen last is the one most likely to hold: a file renamed on the host keeps its node,
         and its old name stays among its links until something shows that it is gone.
         """
-        if node.root_path is not None:
-            return node.root_path + b"/."  # "/." so that lstat does not stop at the /proc magic link
-        if node.fd >= 0:
-            return b"/proc/self/fd/%d/." % node.fd  # a directory we hold: no lookup on the share at all
+        if node.root_path is not None or node.fd >= 0:
+            # a directory we hold: no lookup on the share at all; "/." so that lstat does not stop at the
+            # /proc magic link
+            return cls.dir_prefix(node) + b"/."
         parts: list[bytes] = []
         while node.root_path is None:
             if not node.links:
@@ -129,7 +129,7 @@ class InodeTable:
             parts.append(name)
             node = parent
             if node.fd >= 0:
-                parts.append(b"/proc/self/fd/%d" % node.fd)
+                parts.append(cls.dir_prefix(node))
                 break
         else:
             parts.append(node.root_path)

@@ -700,7 +700,7 @@ class BridgeTree:
             handle.changes = self.cache.changes
             rest = [name for name, attr in handle.entries[start:] if attr is not None]
             try:
-                fresh = await self._attrs_of(handle.node, self.table.dir_prefix(handle.node), rest)
+                fresh = await self._attrs_of(handle.node, rest)
             except FileNotFoundError:  # the directory itself was removed: so were its names
                 fresh = {}
             handle.entries[start:] = [(name, fresh.get(name)) for name, _ in handle.entries[start:]]
@@ -737,10 +737,10 @@ class BridgeTree:
         if names is MISSING:
             names = tuple(await self._call("readdir", bk.scandir_names, path))
             self.cache.put_listing(directory.key, names, stamp)
-        attrs = await self._attrs_of(directory, self.table.dir_prefix(directory), names)
+        attrs = await self._attrs_of(directory, names)
         return [(name, attrs[name]) for name in names if name in attrs]
 
-    async def _attrs_of(self, directory: Node, path: bytes, names: Iterable[bytes]) -> dict[bytes, Attr]:
+    async def _attrs_of(self, directory: Node, names: Iterable[bytes]) -> dict[bytes, Attr]:
         """The attributes of names in a directory: cached where known, the rest fetched; gone names left out."""
         assert directory.key is not None
         attrs: dict[bytes, Attr] = {}
@@ -753,13 +753,13 @@ class BridgeTree:
             else:
                 attrs[name] = st
         if missing:
-            await self._fetch_attrs(directory, path, missing, attrs)
+            await self._fetch_attrs(directory, missing, attrs)
         return attrs
 
-    async def _fetch_attrs(self, directory: Node, path: bytes, names: list[bytes],
-                           out: dict[bytes, Attr]) -> None:
+    async def _fetch_attrs(self, directory: Node, names: list[bytes], out: dict[bytes, Attr]) -> None:
         """lstat many names at once: one batch per worker thread, all batches in parallel."""
         assert directory.key is not None
+        path = self.table.dir_prefix(directory)
         workers = max(1, min(int(self.backing.limiter.total_tokens), len(names)))
         size = -(-len(names) // workers)
         batches = [names[i:i + size] for i in range(0, len(names), size)]

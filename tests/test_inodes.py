@@ -110,3 +110,19 @@ def test_virtual_folders_and_mapping_roots_are_never_forgotten() -> None:
     f = t.link(me, b"f", st(2))
     t.collect(f)
     assert t.get(me.ino) is me and t.get(users.ino) is users
+
+
+def test_names_below_a_held_directory_join_its_descriptor_not_its_dot(table: InodeTable) -> None:
+    """Every "." in a backing path is one more component for the share to walk (a permission round trip
+    where attributes are not cached): children join the held descriptor, only the folder itself needs "/."."""
+    root = table[ROOT_INODE]
+    d = table.link(root, b"d", st(2, DIR))
+    table.remember(d)
+    assert table.child_path(d, b"x") == b"/share/d/x"
+    d.fd = 42
+    assert table.child_path(d, b"x") == b"/proc/self/fd/42/x"
+    assert table.path(d) == b"/proc/self/fd/42/."
+    f = table.link(d, b"x", st(3))
+    assert table.path(f) == b"/proc/self/fd/42/x"
+    assert table.child_path(root, b"y") == b"/share/y"
+    d.fd = -1  # the table closes no descriptor in this test

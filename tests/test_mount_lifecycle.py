@@ -119,3 +119,22 @@ def test_every_command_teaches_with_an_example() -> None:
         result = run(command, "--help")
         assert result.returncode == 0
         assert "Example" in result.stdout, command
+
+
+@needs_fuse
+@pytest.mark.skipif(os.geteuid() != 0, reason="the read-ahead of a mount is set through sysfs, as root")
+def test_a_background_mount_returns_with_its_read_ahead_set(tmp_path: Path, share: Path) -> None:
+    """A file opened right after `fsbridge mount` returns keeps the read-ahead of that moment: 1 MiB, not
+    the kernel's 128 KiB, so a background start returns only once the INIT exchange and the setting are done."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    started = run("mount", str(mnt), "--map", f"/h={share}")
+    assert started.returncode == 0, started.stderr
+    try:
+        with open("/proc/self/mountinfo") as f:
+            device = next(line.split()[2] for line in f if line.split()[4] == str(mnt))
+        with open(f"/sys/class/bdi/{device}/read_ahead_kb") as f:
+            assert f.read().strip() == "1024"
+    finally:
+        stopped = run("umount", str(mnt))
+    assert stopped.returncode == 0, stopped.stderr
